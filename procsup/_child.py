@@ -1,0 +1,420 @@
+"""The worker process's side of procsup.
+
+Standard library only, and as little of it as possible: ``pickle``,
+``traceback`` and ``logging`` are imported when first needed, and ``trio``
+only when a job or initializer is async. Three threads:
+
+* the main thread runs the initializer and the jobs, one at a time;
+* a reader thread answers pings at once (even while a sync job holds the main
+  thread between bytecodes), forwards cancellation, and on EOF -- the parent
+  is gone -- kills this process's whole group;
+* a log writer thread ships log records, so logging never blocks a job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any
+
+from ._wire import FROM_PARENT, HEADER, Kind, decode_body, encode, parse_header
+
+__all__ = ["in_worker", "main", "worker_state"]
+
+_MAX_PENDING_LOGS = 10_000
+_NO_STATE = object()
+_state: object = _NO_STATE
+_canceller: Callable[[], None] | None = None
+_cancel_requested = False
+
+
+def worker_state() -> Any:
+    """Return what the initializer returned, inside a worker process.
+
+    Raises:
+        RuntimeError: when called outside a worker, or before its
+            initializer has returned.
+    """
+    if _state is _NO_STATE:
+        raise RuntimeError(
+            "procsup.worker_state() is only available inside a worker process, "
+            "after its initializer has returned"
+        )
+    return _state
+
+
+def in_worker() -> bool:
+    """True inside a procsup worker process."""
+    return _channel is not None
+
+
+class _Interrupted(BaseException):
+    """Raised in the main thread to stop a job (cancel request or SIGTERM)."""
+
+
+class _Channel:
+    """The child's end of the socketpair. Writes are serialised by a lock; log
+    frames queue up and go out before the next direct send, keeping order."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.max_frame = 1 << 31
+        self._lock = threading.Lock()
+        self._logs: deque[bytes] = deque()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self.dropped_logs = 0
+
+    def send(self, frame: bytes) -> None:
+        with self._lock:
+            self._drain_logs()
+            self._write(frame)
+
+    def post_log(self, frame: bytes) -> None:
+        """Queue a log frame; never blocks (drops and counts past a bound)."""
+        if len(self._logs) >= _MAX_PENDING_LOGS:
+            self.dropped_logs += 1
+            return
+        self._logs.append(frame)
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._write_logs_forever, name="procsup-log-writer", daemon=True
+            )
+            self._writer.start()
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._drain_logs()
+
+    def _write_logs_forever(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                self.flush()
+            except OSError:
+                return
+
+    def _drain_logs(self) -> None:
+        while self._logs:
+            self._write(self._logs.popleft())
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def read_exact(self, size: int) -> bytes | None:
+        """Read ``size`` bytes; None on a clean EOF before the first byte."""
+        chunks: list[bytes] = []
+        left = size
+        while left:
+            chunk = os.read(self.fd, min(left, 1 << 20))
+            if not chunk:
+                if left == size:
+                    return None
+                raise EOFError("channel closed mid-frame")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+
+_channel: _Channel | None = None
+
+
+def main(fd: int) -> None:
+    """Entry point of a worker process, on the inherited socketpair end ``fd``."""
+    global _channel
+    os.set_inheritable(fd, False)  # a job's own subprocesses must not hold it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _channel = channel = _Channel(fd)
+    inbox: SimpleQueue[tuple[int, tuple[Any, ...]]] = SimpleQueue()
+    threading.Thread(target=_read_forever, args=(channel, inbox), daemon=True).start()
+    _watch_logging_import()
+    try:
+        code = _serve(channel, inbox)
+    except _Interrupted:
+        code = 0 if _cancel_requested else 128 + signal.SIGTERM
+    try:
+        channel.flush()
+    except OSError:
+        pass
+    sys.exit(code)
+
+
+def _serve(channel: _Channel, inbox: SimpleQueue[tuple[int, tuple[Any, ...]]]) -> int:
+    global _state
+    kind, fields = inbox.get()
+    if kind != Kind.INIT:
+        return 0
+    payload, max_jobs, log_level, max_frame = fields
+    channel.max_frame = max_frame
+    _set_log_level(log_level)
+    try:
+        initializer = _loads(payload) if payload else None
+        if isinstance(initializer, str):
+            initializer = _resolve(initializer)
+        state = _call(initializer) if initializer is not None else None
+    except _Interrupted:
+        raise
+    except BaseException as exc:  # noqa: BLE001 -- SystemExit in an initializer is a failure too
+        channel.send(encode(Kind.INIT_FAILED, *_describe(exc)))
+        return 1
+    _state = state
+    channel.send(encode(Kind.READY, os.getpid()))
+    done = 0
+    while not max_jobs or done < max_jobs:
+        kind, fields = inbox.get()
+        if kind != Kind.JOB:
+            return 0  # STOP
+        _run_job(channel, *fields)
+        done += 1
+    return 0
+
+
+def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
+    global _canceller
+    try:
+        fn, args = _loads(payload)
+        _canceller = _interrupt_main
+        try:
+            result = _call(fn, *args)
+        finally:
+            _canceller = None
+    except (_Interrupted, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 -- the job's error goes to its caller
+        channel.send(encode(Kind.ERROR, job_id, *_describe(exc)))
+        return
+    channel.send(_result_frame(channel, job_id, result))
+
+
+def _result_frame(channel: _Channel, job_id: int, result: object) -> bytes:
+    import pickle
+
+    from ._errors import SerializationError
+
+    try:
+        data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 -- any pickling failure is reported the same way
+        err = SerializationError(
+            f"the job's result of type {_type_name(result)} could not be pickled: {exc}"
+        )
+        return encode(Kind.ERROR, job_id, *_describe(err, with_traceback=False))
+    if len(data) > channel.max_frame:
+        err = SerializationError(
+            f"the job's result of type {_type_name(result)} pickles to {len(data)} bytes, "
+            f"over max_message_bytes={channel.max_frame}"
+        )
+        return encode(Kind.ERROR, job_id, *_describe(err, with_traceback=False))
+    return encode(Kind.RESULT, job_id, data)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    result = fn(*args)
+    if type(result).__name__ == "coroutine" and hasattr(result, "__await__"):
+        return _run_coroutine(result)
+    return result
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run an async job or initializer under trio, cancellable from the reader."""
+    global _canceller
+    import trio
+
+    async def run() -> Any:
+        global _canceller
+        token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+            _canceller = lambda: token.run_sync_soon(scope.cancel)  # noqa: E731
+            return await coro
+        raise _Interrupted
+
+    previous = _canceller
+    try:
+        return trio.run(run)
+    finally:
+        _canceller = previous
+
+
+def _loads(payload: bytes) -> Any:
+    import pickle
+
+    return pickle.loads(payload)
+
+
+def _resolve(spec: str) -> Callable[..., Any]:
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _type_name(obj: object) -> str:
+    cls = type(obj)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _describe(exc: BaseException, *, with_traceback: bool = True) -> tuple[str, str, str, bytes]:
+    """(type name, message, traceback text, pickled exception or b"")."""
+    import pickle
+    import traceback
+
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 -- a broken __str__ must not lose the error
+        message = f"<unprintable {type(exc).__name__}>"
+    tb = "".join(traceback.format_exception(exc)) if with_traceback else ""
+    try:
+        data = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(data)  # what does not round-trip here will not in the parent
+    except Exception:  # noqa: BLE001
+        data = b""
+    return _type_name(exc), message, tb, data
+
+
+def _read_forever(channel: _Channel, inbox: SimpleQueue[tuple[int, tuple[Any, ...]]]) -> None:
+    try:
+        while True:
+            header = channel.read_exact(HEADER.size)
+            if header is None:
+                break
+            kind, size = parse_header(header, channel.max_frame, FROM_PARENT)
+            fields = decode_body(kind, (channel.read_exact(size) or b"") if size else b"")
+            if kind == Kind.PING:
+                channel.send(encode(Kind.PONG, *fields))
+            elif kind == Kind.CANCEL:
+                _request_cancel()
+            else:
+                inbox.put((kind, fields))
+    except BaseException:  # noqa: BLE001, S110 -- any failure here means the parent is gone
+        pass
+    _orphaned()
+
+
+def _orphaned() -> None:
+    """The parent is gone or broke the protocol: nobody supervises us now."""
+    if os.getpgrp() == os.getpid():
+        os.killpg(0, signal.SIGKILL)  # and every subprocess a job started
+    os._exit(70)
+
+
+def _request_cancel() -> None:
+    global _cancel_requested
+    _cancel_requested = True
+    canceller = _canceller
+    if canceller is not None:
+        try:
+            canceller()
+        except Exception:  # noqa: BLE001, S110 -- the job finished meanwhile
+            pass
+
+
+def _interrupt_main() -> None:
+    # A real signal, so a blocking sleep or read in the job is interrupted too.
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Interrupted
+
+
+# -- logging -------------------------------------------------------------------
+# Records are shipped as fixed fields (never pickled), so an unpicklable record
+# degrades to its formatted message. ``logging`` costs the child milliseconds
+# to import, so the handler is installed when user code first imports it.
+
+_log_level = 0
+
+
+def _set_log_level(level: int) -> None:
+    global _log_level
+    _log_level = level
+    if "logging" in sys.modules:
+        _install_log_handler()
+
+
+def _watch_logging_import() -> None:
+    if "logging" in sys.modules:
+        _install_log_handler()
+    else:
+        sys.meta_path.insert(0, _LoggingImportHook())
+
+
+class _LoggingImportHook:
+    """A meta path finder that only notices ``import logging``."""
+
+    def find_spec(self, name: str, path: object, target: object = None) -> Any:
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if loader is not None and hasattr(loader, "exec_module"):
+            run_module = loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                run_module(module)
+                _install_log_handler(module)
+
+            loader.exec_module = exec_module
+        return spec
+
+
+def _install_log_handler(logging: Any = None) -> None:
+    if logging is None:
+        import logging
+    root = logging.getLogger()
+    if not any(isinstance(h, _ShipHandler) for h in root.handlers):
+        handler = _make_ship_handler(logging)
+        root.addHandler(handler)
+    if _log_level:
+        root.setLevel(_log_level)
+
+
+class _ShipHandler:
+    """Marker base; the real class derives from logging.Handler lazily."""
+
+
+def _make_ship_handler(logging: Any) -> Any:
+    class ShipHandler(logging.Handler, _ShipHandler):  # type: ignore[misc,name-defined]
+        def emit(self, record: Any) -> None:
+            channel = _channel
+            if channel is None:
+                return
+            try:
+                message = record.getMessage()
+            except Exception:  # noqa: BLE001 -- bad format args: keep the template
+                message = str(record.msg)
+            exc_text = record.exc_text or ""
+            if record.exc_info and not exc_text:
+                exc_text = logging.Formatter().formatException(record.exc_info)
+            channel.post_log(
+                encode(
+                    Kind.LOG,
+                    record.name,
+                    record.levelno,
+                    message,
+                    record.created,
+                    record.pathname or "",
+                    record.lineno or 0,
+                    record.funcName or "",
+                    exc_text,
+                )
+            )
+
+    return ShipHandler()

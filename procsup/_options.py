@@ -1,0 +1,112 @@
+"""Frozen, validated settings of a worker.
+
+Validation happens here, in the parent, before any process starts: a bad
+value is a ``TypeError`` or ``ValueError`` that names the option.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+__all__ = ["START_METHODS", "WorkerOptions", "check_initializer"]
+
+START_METHODS = ("exec", "forkserver")
+Initializer = Callable[[], Any] | str | None
+
+
+def _number(minimum: float, *, allow_none: bool = False, strict: bool = True) -> Any:
+    """attrs validator: a real number > minimum (>= when not strict), or None."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{attribute.name} must be a number, got {type(value).__name__}")
+        if math.isnan(value) or (value <= minimum if strict else value < minimum):
+            sign = ">" if strict else ">="
+            raise ValueError(f"{attribute.name} must be {sign} {minimum:g}, got {value!r}")
+
+    return check
+
+
+def _count(minimum: int, *, allow_none: bool = False) -> Any:
+    """attrs validator: an int >= minimum, or None."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
+        if value < minimum:
+            raise ValueError(f"{attribute.name} must be >= {minimum}, got {value!r}")
+
+    return check
+
+
+def check_initializer(initializer: object) -> bytes:
+    """Validate an initializer and return its pickled form (b"" for None).
+
+    A ``"module:function"`` string must name an importable module; a callable
+    must pickle (so: a module-level function, not a lambda or closure).
+    """
+    if initializer is None:
+        return b""
+    if isinstance(initializer, str):
+        module, sep, name = initializer.partition(":")
+        if not sep or not module or not name:
+            raise ValueError(f"initializer string must look like 'module:function', got {initializer!r}")
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError) as exc:
+            found = None
+            reason = f": {exc}"
+        else:
+            reason = ""
+        if found is None:
+            raise ValueError(f"initializer {initializer!r}: no module named {module!r}{reason}")
+    elif not callable(initializer):
+        raise TypeError(f"initializer must be a callable or 'module:function', got {initializer!r}")
+    try:
+        return pickle.dumps(initializer, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"initializer {initializer!r} cannot be pickled ({exc}); use a module-level "
+            "function or a 'module:function' string"
+        ) from exc
+
+
+@attrs.frozen(kw_only=True)
+class WorkerOptions:
+    """Settings of one worker process. Times are in seconds, sizes in MiB.
+
+    See :func:`procsup.open_worker` for what each option means.
+    """
+
+    initializer: Initializer = None
+    init_timeout: float = attrs.field(default=10.0, validator=_number(0))
+    max_jobs: int | None = attrs.field(default=1, validator=_count(1, allow_none=True))
+    shutdown_timeout: float = attrs.field(default=5.0, validator=_number(0, strict=False))
+    ping_interval: float = attrs.field(default=5.0, validator=_number(0))
+    ping_timeout: float = attrs.field(default=10.0, validator=_number(0))
+    memory_warn_mb: float | None = attrs.field(default=None, validator=_number(0, allow_none=True))
+    memory_limit_mb: float | None = attrs.field(default=None, validator=_number(0, allow_none=True))
+    memory_interval: float = attrs.field(default=0.5, validator=_number(0))
+    cancel_grace: float = attrs.field(default=1.0, validator=_number(0, strict=False))
+    max_message_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_count(1024))
+    start_method: str = attrs.field(default="exec")
+    preload: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    initializer_payload: bytes = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "initializer_payload", check_initializer(self.initializer))
+        if self.start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, got {self.start_method!r}")
+        for name in self.preload:
+            if not isinstance(name, str):
+                raise TypeError(f"preload must list module names, got {name!r}")

@@ -1,0 +1,132 @@
+"""How a worker process comes to exist, and how its end is observed.
+
+The supervisor talks to a :class:`Spawner` and the :class:`ChildProcess` it
+returns, and to nothing else about processes: a fork-server backend plugs in
+here without the supervisor changing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+from typing import Protocol
+
+import trio
+
+__all__ = ["ChildProcess", "ExecSpawner", "Spawner", "kill_group"]
+
+# Small enough to embed in argv; it runs before anything of procsup is imported.
+_BOOTSTRAP = "import sys;sys.path[:]={path!r};from procsup._child import main;main({fd})"
+
+
+class ChildProcess(Protocol):
+    """One worker process, as the supervisor sees it."""
+
+    @property
+    def pid(self) -> int: ...
+
+    async def wait(self) -> int:
+        """Wait for the process to end, kill what is left of its process group,
+        reap it, and return a :mod:`subprocess`-style return code. Idempotent."""
+        ...
+
+    def kill(self) -> None:
+        """SIGKILL the process and its process group. Harmless once reaped."""
+        ...
+
+
+class Spawner(Protocol):
+    """Starts worker processes that run :func:`procsup._child.main` on ``fd``."""
+
+    async def spawn(self, fd: int) -> ChildProcess: ...
+
+    async def aclose(self) -> None: ...
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group, ignoring one that is already gone."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class ExecSpawner:
+    """Starts each worker as a fresh ``sys.executable`` in its own process group.
+
+    The child gets the parent's ``sys.path`` and working directory, so the
+    user's own modules import the same way in both.
+    """
+
+    def __init__(self, executable: str | None = None) -> None:
+        self.executable = executable or sys.executable
+
+    async def spawn(self, fd: int) -> ChildProcess:
+        argv = [self.executable, "-c", _BOOTSTRAP.format(path=sys.path, fd=fd)]
+        popen = functools.partial(
+            subprocess.Popen,
+            argv,
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+        )
+        # Popen blocks until exec succeeds; keep that off the event loop. Not
+        # abandonable: a process started by the thread must reach its owner.
+        return _ExecChild(await trio.to_thread.run_sync(popen))
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+class _ExecChild:
+    """A direct child: waited on with a pidfd where there is one."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self._pidfd = _open_pidfd(popen.pid)
+        self._returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    async def wait(self) -> int:
+        if self._returncode is None:
+            await self._wait_exited_unreaped()
+            if self._returncode is None:
+                # The leader is a zombie now, so its pid (the group id) cannot
+                # have been reused: kill the rest of the group, then reap.
+                kill_group(self.pid)
+                self._returncode = self._popen.wait()
+                if self._pidfd is not None:
+                    os.close(self._pidfd)
+                    self._pidfd = None
+        return self._returncode
+
+    def kill(self) -> None:
+        if self._returncode is None:
+            kill_group(self.pid)
+
+    async def _wait_exited_unreaped(self) -> None:
+        if self._pidfd is not None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+        else:  # no pidfd (macOS, old Linux): a thread blocks in waitid
+            await trio.to_thread.run_sync(_waitid_nowait, self.pid, abandon_on_cancel=True)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:
+        return None
+    return fd
+
+
+def _waitid_nowait(pid: int) -> None:
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)

@@ -1,0 +1,140 @@
+"""The private channel's framing and message formats.
+
+Standard library only: both sides import this module.
+
+A frame is ``!IB`` (body length, message kind) followed by the body. Every
+kind has a fixed schema of typed fields, checked strictly on decode: control
+fields are integers, floats and UTF-8 strings and are never unpickled. Only
+``bytes`` fields named *payload* carry pickles (a job's callable and
+arguments, its result or exception, the initializer), and those are unpickled
+by the code that owns that job, never here.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "HEADER",
+    "FrameError",
+    "Kind",
+    "decode_body",
+    "encode",
+    "parse_header",
+]
+
+HEADER: Final = struct.Struct("!IB")
+DEFAULT_MAX_FRAME: Final = 256 * 1024 * 1024
+
+_INT = struct.Struct("!q")
+_FLOAT = struct.Struct("!d")
+_LEN = struct.Struct("!I")
+
+Field = int | float | str | bytes
+
+
+class FrameError(Exception):
+    """A frame broke the schema. The receiver turns this into a ProtocolError."""
+
+
+class Kind:
+    """Message kinds. Plain ints, not an enum: the child imports this module and
+    ``enum`` costs it milliseconds at start."""
+
+    # parent -> child
+    INIT = 1
+    JOB = 2
+    CANCEL = 3
+    PING = 4
+    STOP = 5
+    # child -> parent
+    READY = 20
+    INIT_FAILED = 21
+    RESULT = 22
+    ERROR = 23
+    PONG = 24
+    LOG = 25
+
+
+# i: int64, f: float64, s: UTF-8 string, b: bytes
+SCHEMAS: Final[dict[int, str]] = {
+    Kind.INIT: "biii",  # initializer payload, max_jobs (0 = no limit), log level, max frame
+    Kind.JOB: "ib",  # job id, payload (callable and arguments)
+    Kind.CANCEL: "i",  # job id
+    Kind.PING: "f",  # the parent's clock, echoed back
+    Kind.STOP: "",
+    Kind.READY: "i",  # pid
+    Kind.INIT_FAILED: "sssb",  # type name, message, traceback, exception payload
+    Kind.RESULT: "ib",  # job id, result payload
+    Kind.ERROR: "isssb",  # job id, type name, message, traceback, exception payload
+    Kind.PONG: "f",
+    Kind.LOG: "sisfsiss",  # name, level, message, created, path, line, func, exc text
+}
+
+FROM_PARENT: Final = frozenset({Kind.INIT, Kind.JOB, Kind.CANCEL, Kind.PING, Kind.STOP})
+FROM_CHILD: Final = frozenset(SCHEMAS) - FROM_PARENT
+NAMES: Final = {v: k for k, v in vars(Kind).items() if isinstance(v, int)}
+
+
+def encode(kind: int, *fields: Field) -> bytes:
+    """Build one frame. Fields must match the kind's schema."""
+    schema = SCHEMAS[kind]
+    if len(fields) != len(schema):
+        raise TypeError(f"{NAMES[kind]} takes {len(schema)} fields, got {len(fields)}")
+    parts: list[bytes] = []
+    for code, value in zip(schema, fields, strict=True):
+        if code == "i":
+            parts.append(_INT.pack(value))
+        elif code == "f":
+            parts.append(_FLOAT.pack(value))
+        else:
+            data = value.encode("utf-8", "replace") if code == "s" else value
+            if not isinstance(data, (bytes, bytearray)):
+                raise TypeError(f"{NAMES[kind]}: expected bytes, got {type(value).__name__}")
+            parts.append(_LEN.pack(len(data)))
+            parts.append(data)
+    body = b"".join(parts)
+    return HEADER.pack(len(body), kind) + body
+
+
+def parse_header(
+    header: bytes | bytearray, max_frame: int, allowed: frozenset[int]
+) -> tuple[int, int]:
+    """Return (kind, body length), or raise FrameError for a bad header."""
+    length, kind = HEADER.unpack(header)
+    if kind not in allowed:
+        name = NAMES.get(kind, f"unknown kind {kind}")
+        raise FrameError(f"unexpected message kind {name}")
+    if length > max_frame:
+        raise FrameError(f"{NAMES[kind]} frame of {length} bytes exceeds the limit of {max_frame}")
+    return kind, length
+
+
+def decode_body(kind: int, body: bytes | bytearray | memoryview) -> tuple[Field, ...]:
+    """Decode a body strictly against its kind's schema."""
+    view = memoryview(body)
+    pos = 0
+    out: list[Field] = []
+    try:
+        for code in SCHEMAS[kind]:
+            if code == "i":
+                out.append(_INT.unpack_from(view, pos)[0])
+                pos += 8
+            elif code == "f":
+                out.append(_FLOAT.unpack_from(view, pos)[0])
+                pos += 8
+            else:
+                (size,) = _LEN.unpack_from(view, pos)
+                pos += 4
+                if pos + size > len(view):
+                    raise FrameError(f"{NAMES[kind]}: field overruns the frame")
+                chunk = bytes(view[pos : pos + size])
+                pos += size
+                out.append(chunk.decode("utf-8") if code == "s" else chunk)
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise FrameError(f"{NAMES[kind]}: malformed body ({exc})") from None
+    if pos != len(view):
+        raise FrameError(f"{NAMES[kind]}: {len(view) - pos} trailing bytes")
+    return tuple(out)

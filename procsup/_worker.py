@@ -1,0 +1,632 @@
+"""The parent's side of one supervised worker process.
+
+Ownership: the task that enters :func:`supervise` owns the child. It spawns
+it, runs its background tasks (reader, exit watcher, pinger, memory sampler)
+in a service nursery, and on the way out -- for any reason -- stops it
+gracefully, SIGKILLs its process group when that takes too long, and reaps
+it, all in ``finally`` under a shielded scope with deadlines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import pickle
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import outcome
+import trio
+from tricycle import BufferedReceiveStream, open_service_nursery
+
+from . import _wire
+from ._errors import (
+    MemoryLimitError,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    UnsupportedPlatformError,
+    WorkerClosedError,
+    WorkerCrashedError,
+    WorkerError,
+    WorkerStartError,
+    WorkerUnresponsiveError,
+)
+from ._options import WorkerOptions
+from ._spawn import ChildProcess, ExecSpawner, Spawner
+from ._util import collapse_single_group
+from ._wire import Kind
+
+__all__ = ["Worker", "open_worker", "supervise"]
+
+T = TypeVar("T")
+logger = logging.getLogger("procsup")
+
+# How long after the process ended we still read what it wrote before dying.
+_DRAIN_GRACE = 1.0
+# Bound on waiting for a SIGKILLed process to be reaped (only a process stuck
+# in the kernel, state D, takes longer).
+_REAP_DEADLINE = 10.0
+_MEMORY_WARN_EVERY = 30.0
+_job_ids = itertools.count(1)
+
+
+class Worker:
+    """A supervised worker process, ready for jobs. Made by :func:`open_worker`
+    (or a pool); never constructed directly.
+
+    A worker runs one job at a time. After ``max_jobs`` jobs it retires: its
+    process exits and :meth:`run` raises :class:`WorkerClosedError`.
+    """
+
+    def __init__(self, options: WorkerOptions, process: ChildProcess, sock: socket.socket) -> None:
+        self._options = options
+        self._process = process
+        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        self._rx = BufferedReceiveStream(self._stream, chunk_size=65536)
+        self._send_lock = trio.StrictFIFOLock()
+        self._phase = "init"
+        self._jobs_done = 0
+        self._retiring = False
+        self._failure: WorkerError | None = None
+        self._returncode: int | None = None
+        self._init_result: outcome.Outcome[None] | None = None
+        self._init_settled = trio.Event()
+        self._job: _PendingJob | None = None
+        self._exited = trio.Event()
+        self._reader_done = trio.Event()
+        self._reader_scope = trio.CancelScope()
+        self._ping_stamp: float | None = None
+        self._pong = trio.Event()
+        self.last_ping_rtt: float | None = None
+        """Round trip of the last answered ping, in seconds."""
+        self.memory_mb: float | None = None
+        """The last memory sample, in MiB (PSS, USS or RSS: see ``memory_metric``)."""
+        self.memory_metric: str | None = None
+
+    # -- public ------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self._process.pid
+
+    @property
+    def phase(self) -> str:
+        """``"init"``, ``"idle"``, ``"job"``, ``"shutdown"`` or ``"exited"``."""
+        return "exited" if self._exited.is_set() else self._phase
+
+    @property
+    def jobs_done(self) -> int:
+        """Jobs this worker has finished (with a result or an error)."""
+        return self._jobs_done
+
+    @property
+    def alive(self) -> bool:
+        """True until the process has ended."""
+        return not self._exited.is_set()
+
+    @property
+    def accepting_jobs(self) -> bool:
+        """True while :meth:`run` may be called: alive, idle, jobs left."""
+        return self.alive and self._phase == "idle" and not self._retiring
+
+    @property
+    def returncode(self) -> int | None:
+        """How the process ended (negative: killed by that signal), once it has."""
+        return self._returncode
+
+    async def wait_exited(self) -> None:
+        """Wait until the process has ended and been reaped."""
+        await self._exited.wait()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in the worker and return its result.
+
+        ``fn`` may be sync or async (async runs under trio in the worker).
+        An exception from the job re-raises here as the same type when it
+        pickles (else :class:`RemoteError`), with the worker's traceback as
+        ``__cause__``. Cancelling this call stops the job: the worker is
+        asked to stop, killed after ``cancel_grace`` seconds, and reaped
+        before the cancellation propagates; the worker is then retired.
+
+        Raises:
+            SerializationError: ``fn`` or ``args`` do not pickle (nothing was
+                sent), or the result did not travel back.
+            WorkerClosedError: the worker has retired or is shutting down.
+            WorkerCrashedError: the process died during the job.
+            WorkerUnresponsiveError, MemoryLimitError, ProtocolError: the
+                worker was killed for that reason during the job.
+        """
+        self._check_accepting()
+        payload = _dump_job(fn, args, self._options.max_message_bytes)
+        job = _PendingJob(next(_job_ids))
+        self._job = job
+        self._phase = "job"
+        try:
+            await self._send(_wire.encode(Kind.JOB, job.id, payload))
+            await job.settled.wait()
+        except BaseException:
+            if job.result is None:
+                with trio.CancelScope(shield=True):
+                    await self._abandon_job()
+            raise
+        finally:
+            self._job = None
+            self._jobs_done += 1
+            self._end_job()
+        assert job.result is not None
+        return job.result.unwrap()  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        """SIGKILL the process and its process group now. The owner reaps it."""
+        self._process.kill()
+
+    async def aclose(self) -> None:
+        """Stop the worker: ask it to exit, wait up to ``shutdown_timeout``,
+        then SIGKILL its process group; return once it is reaped.
+
+        Idempotent, safe to call concurrently, and returns at once for a dead
+        worker. A job still running is ended with :class:`WorkerClosedError`.
+        """
+        try:
+            if self._exited.is_set():
+                return
+            self._retiring = True
+            if self._phase == "init":
+                return  # a warming worker is killed, not asked (it cannot hear us yet)
+            if self._phase != "job":
+                self._phase = "shutdown"
+            with trio.move_on_after(self._options.shutdown_timeout):
+                await self._send_quietly(_wire.encode(Kind.STOP))
+                await self._exited.wait()
+            if not self._exited.is_set():
+                self._set_failure(
+                    WorkerClosedError,
+                    "worker was killed: it did not exit after a stop request",
+                    setting=f"shutdown_timeout={self._options.shutdown_timeout:g}s",
+                )
+        finally:
+            await self._kill_and_reap()
+
+    def __repr__(self) -> str:
+        return f"<procsup.Worker pid={self.pid} phase={self.phase} jobs_done={self._jobs_done}>"
+
+    # -- lifecycle, used by supervise() -------------------------------------
+
+    async def _initialize(self) -> None:
+        """Send the initializer and wait for the first of: ready, raised,
+        exited, ``init_timeout``. On failure the child is killed and reaped
+        and WorkerStartError raised."""
+        opts = self._options
+        init = _wire.encode(
+            Kind.INIT,
+            opts.initializer_payload,
+            opts.max_jobs or 0,
+            logging.getLogger().getEffectiveLevel(),
+            opts.max_message_bytes,
+        )
+        with trio.move_on_after(opts.init_timeout) as deadline:
+            await self._send_quietly(init)
+            await self._init_settled.wait()
+        result = self._init_result
+        if isinstance(result, outcome.Value):
+            self._phase = "idle"
+            return
+        cause: BaseException | None
+        if isinstance(result, outcome.Error):  # the initializer raised
+            cause = result.error
+            what = str(getattr(cause, "what", cause))
+        elif deadline.cancelled_caught:
+            cause = None
+            what = "initializer did not finish in time"
+            self._set_failure(WorkerStartError, what, setting=f"init_timeout={opts.init_timeout:g}s")
+        else:  # the process ended, or broke the protocol, before answering
+            cause = self._failure
+            what = cause.what if cause else "worker exited during initialization"
+        await self._kill_and_reap()
+        setting = self._failure.setting if self._failure else None
+        error = WorkerStartError(
+            what, pid=self.pid, phase="init", returncode=self._returncode, setting=setting
+        )
+        if isinstance(cause, WorkerStartError):
+            error.remote_type, error.remote_traceback = cause.remote_type, cause.remote_traceback
+            raise error from cause.__cause__
+        raise error from cause
+
+    async def _watch_exit(self) -> None:
+        self._returncode = await self._process.wait()
+        with trio.move_on_after(_DRAIN_GRACE):
+            await self._reader_done.wait()
+        self._reader_scope.cancel()
+        self._settle_on_exit()
+        self._exited.set()
+
+    async def _read_forever(self) -> None:
+        with self._reader_scope:
+            try:
+                await self._read_frames()
+            except _wire.FrameError as exc:
+                self._protocol_violation(str(exc))
+            except ValueError:  # tricycle: EOF inside a frame
+                self._protocol_violation("channel closed in the middle of a frame")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._reader_done.set()
+            # EOF. A child that closes its channel yet keeps running is broken.
+            with trio.move_on_after(_DRAIN_GRACE):
+                await self._exited.wait()
+            if not self._exited.is_set():
+                self._protocol_violation("worker closed its channel but kept running")
+
+    async def _read_frames(self) -> None:
+        max_frame = self._options.max_message_bytes
+        while True:
+            header = await self._rx.receive_all_or_none(_wire.HEADER.size)
+            if header is None:
+                return
+            kind, size = _wire.parse_header(header, max_frame, _wire.FROM_CHILD)
+            body = await self._rx.receive_exactly(size) if size else b""
+            self._dispatch(kind, _wire.decode_body(kind, body))
+
+    def _dispatch(self, kind: int, fields: tuple[Any, ...]) -> None:
+        if kind == Kind.LOG:
+            self._log_record(*fields)
+        elif kind == Kind.PONG:
+            if fields[0] != self._ping_stamp:
+                raise _wire.FrameError("PONG does not echo the outstanding ping")
+            self.last_ping_rtt = trio.current_time() - fields[0]
+            self._ping_stamp = None
+            self._pong.set()
+        elif kind in (Kind.RESULT, Kind.ERROR):
+            job = self._job
+            if job is None or job.result is not None or fields[0] != job.id:
+                raise _wire.FrameError(f"{_wire.NAMES[kind]} for a job that is not running")
+            job.result = self._job_outcome(kind, fields)
+            job.settled.set()
+        elif self._retiring:
+            pass  # an answer to an initialization we gave up on
+        elif self._init_result is not None or self._phase != "init":
+            raise _wire.FrameError(f"{_wire.NAMES[kind]} after initialization")
+        elif kind == Kind.READY:
+            if fields[0] != self.pid:
+                raise _wire.FrameError(f"READY from pid {fields[0]}, expected {self.pid}")
+            self._init_result = outcome.Value(None)
+            self._init_settled.set()
+        else:  # INIT_FAILED
+            self._init_result = outcome.Error(self._start_error(*fields))
+            self._init_settled.set()
+
+    async def _ping_forever(self) -> None:
+        opts = self._options
+        while True:
+            await trio.sleep(opts.ping_interval)
+            self._pong = trio.Event()
+            self._ping_stamp = trio.current_time()
+            with trio.move_on_after(opts.ping_timeout):
+                await self._send_quietly(_wire.encode(Kind.PING, self._ping_stamp))
+                await self._pong.wait()
+            if not self._pong.is_set():
+                self._set_failure(
+                    WorkerUnresponsiveError,
+                    "worker did not answer a ping",
+                    setting=f"ping_timeout={opts.ping_timeout:g}s",
+                )
+                self.kill()
+                return
+
+    async def _sample_memory_forever(self) -> None:
+        from ._memory import sample_memory_mb
+
+        opts = self._options
+        warned_at = -_MEMORY_WARN_EVERY
+        while True:
+            sample = await trio.to_thread.run_sync(sample_memory_mb, self.pid)
+            if sample is None:
+                return  # the process is gone; the exit watcher reports it
+            self.memory_mb, self.memory_metric = sample
+            mb, metric = sample
+            if opts.memory_limit_mb is not None and mb > opts.memory_limit_mb:
+                err = self._set_failure(
+                    MemoryLimitError,
+                    f"worker used {mb:.1f} MiB ({metric}), over the limit",
+                    setting=f"memory_limit_mb={opts.memory_limit_mb:g}",
+                )
+                if isinstance(err, MemoryLimitError):
+                    err.measured_mb, err.limit_mb, err.metric = mb, opts.memory_limit_mb, metric
+                self.kill()
+                return
+            now = trio.current_time()
+            if opts.memory_warn_mb is not None and mb > opts.memory_warn_mb:
+                if now - warned_at >= _MEMORY_WARN_EVERY:
+                    warned_at = now
+                    logger.warning(
+                        "worker pid=%d uses %.1f MiB (%s), over memory_warn_mb=%g",
+                        self.pid, mb, metric, opts.memory_warn_mb,
+                    )
+            await trio.sleep(opts.memory_interval)
+
+    # -- internals -----------------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        if self.accepting_jobs:
+            return
+        if self._phase == "job":
+            raise RuntimeError(f"worker pid={self.pid} is already running a job")
+        if not self.alive and self._failure is None and not self._retiring:
+            raise WorkerCrashedError(
+                "worker died while idle", pid=self.pid, phase="idle", returncode=self._returncode
+            )
+        raise WorkerClosedError(
+            "worker is retired and takes no more jobs", pid=self.pid, phase=self.phase,
+            returncode=self._returncode,
+        )
+
+    def _end_job(self) -> None:
+        max_jobs = self._options.max_jobs
+        if max_jobs is not None and self._jobs_done >= max_jobs:
+            self._retiring = True  # the child exits on its own after its last job
+        if self._phase == "job":
+            self._phase = "shutdown" if self._retiring else "idle"
+
+    async def _abandon_job(self) -> None:
+        """The caller gave up on a running job: stop it, bounded, then reap."""
+        self._retiring = True
+        self._set_failure(WorkerClosedError, "job was cancelled by its caller")
+        with trio.move_on_after(self._options.cancel_grace):
+            await self._send_quietly(_wire.encode(Kind.CANCEL, self._job.id if self._job else 0))
+            await self._exited.wait()
+        await self._kill_and_reap()
+
+    async def _kill_and_reap(self) -> None:
+        with trio.CancelScope(shield=True):
+            if not self._exited.is_set():
+                self.kill()
+                with trio.move_on_after(_REAP_DEADLINE):
+                    await self._exited.wait()
+                if not self._exited.is_set():
+                    logger.error("worker pid=%d was not reaped %gs after SIGKILL", self.pid, _REAP_DEADLINE)
+
+    async def _send(self, frame: bytes) -> None:
+        async with self._send_lock:
+            await self._stream.send_all(frame)
+
+    async def _send_quietly(self, frame: bytes) -> None:
+        """Send, ignoring a channel the child already closed (it is dying)."""
+        try:
+            await self._send(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await trio.lowlevel.checkpoint()
+
+    def _set_failure(self, cls: type[WorkerError], what: str, *, setting: str | None = None) -> WorkerError:
+        """Record why the worker is going away; the first reason wins."""
+        if self._failure is None:
+            self._failure = cls(what, pid=self.pid, phase=self._phase, setting=setting)
+        return self._failure
+
+    def _protocol_violation(self, what: str) -> None:
+        if not self._exited.is_set():
+            self._set_failure(ProtocolError, f"worker broke the protocol: {what}")
+            logger.error("worker pid=%d broke the protocol (%s); killing it", self.pid, what)
+            self.kill()
+
+    def _settle_on_exit(self) -> None:
+        """The process is reaped: settle whatever still waited on it."""
+        failure = self._failure
+        if failure is not None:
+            failure.returncode = self._returncode
+            failure.args = (failure._message(),)
+        if not self._init_settled.is_set():
+            self._init_settled.set()
+        job = self._job
+        if job is not None and job.result is None:
+            err = failure or WorkerCrashedError(
+                "worker died during a job", pid=self.pid, phase="job", returncode=self._returncode
+            )
+            job.result = outcome.Error(err)
+            job.settled.set()
+        self._pong.set()
+
+    def _start_error(self, type_name: str, message: str, tb: str, data: bytes) -> WorkerStartError:
+        err = WorkerStartError(f"initializer raised {type_name}: {message}", pid=self.pid, phase="init")
+        err.remote_type = type_name
+        err.remote_traceback = tb
+        err.__cause__ = RemoteTraceback(tb)
+        return err
+
+    def _job_outcome(self, kind: int, fields: tuple[Any, ...]) -> outcome.Outcome[Any]:
+        if kind == Kind.RESULT:
+            try:
+                return outcome.Value(pickle.loads(fields[1]))
+            except Exception as exc:
+                return outcome.Error(
+                    SerializationError(f"the job's result could not be unpickled in the parent: {exc!r}")
+                )
+        _, type_name, message, tb, data = fields
+        return outcome.Error(_rebuild_exception(type_name, message, tb, data))
+
+    def _log_record(
+        self, name: str, level: int, message: str, created: float, path: str,
+        line: int, func: str, exc_text: str,
+    ) -> None:
+        target = logging.getLogger(name)
+        if not target.isEnabledFor(level):
+            return
+        record = target.makeRecord(
+            name, level, path, line, f"[worker pid={self.pid}] {message}", (), None, func,
+            extra={"worker_pid": self.pid},
+        )
+        record.created = created
+        record.process = self.pid
+        record.exc_text = exc_text or None
+        target.handle(record)
+
+
+class _PendingJob:
+    __slots__ = ("id", "result", "settled")
+
+    def __init__(self, job_id: int) -> None:
+        self.id = job_id
+        self.result: outcome.Outcome[Any] | None = None
+        self.settled = trio.Event()
+
+
+def _dump_job(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> bytes:
+    if not callable(fn):
+        raise TypeError(f"job must be callable, got {fn!r}")
+    try:
+        data = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(
+            f"job {getattr(fn, '__qualname__', fn)!r} or its arguments cannot be pickled: {exc}; "
+            "jobs must be module-level functions with picklable arguments"
+        ) from exc
+    if len(data) > limit:
+        raise SerializationError(
+            f"job arguments pickle to {len(data)} bytes, over max_message_bytes={limit}"
+        )
+    return data
+
+
+def _rebuild_exception(type_name: str, message: str, tb: str, data: bytes) -> BaseException:
+    exc: BaseException | None = None
+    if data:
+        try:
+            exc = pickle.loads(data)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(type_name, message, tb)
+    if tb:
+        exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def _check_platform() -> None:
+    if sys.platform == "win32":
+        raise UnsupportedPlatformError(
+            "procsup supervises POSIX processes (process groups, socketpairs, "
+            "pidfds); Windows is not supported"
+        )
+
+
+def make_spawner(options: WorkerOptions) -> Spawner:
+    """The spawner for ``options.start_method``."""
+    _check_platform()
+    if options.start_method == "forkserver":
+        from ._forkserver import ForkServerSpawner
+
+        return ForkServerSpawner(preload=options.preload)
+    return ExecSpawner()
+
+
+@asynccontextmanager
+async def supervise(options: WorkerOptions, spawner: Spawner) -> AsyncIterator[Worker]:
+    """Start a worker and own it until the block exits; see :func:`open_worker`."""
+    parent_sock, child_sock = socket.socketpair()
+    try:
+        process = await spawner.spawn(child_sock.fileno())
+    except BaseException as exc:
+        parent_sock.close()
+        if isinstance(exc, OSError):
+            raise WorkerStartError(
+                f"could not start a worker process: {exc}", pid=None, phase="init"
+            ) from exc
+        raise
+    finally:
+        child_sock.close()
+    worker = Worker(options, process, parent_sock)
+    try:
+        with collapse_single_group():
+            async with _worker_tasks(worker, options):
+                yield worker
+    finally:
+        with trio.CancelScope(shield=True):
+            await worker._stream.aclose()
+
+
+@asynccontextmanager
+async def _worker_tasks(worker: Worker, options: WorkerOptions) -> AsyncIterator[None]:
+    """Run the worker's background tasks around initialization and the body.
+
+    A service nursery: the body is cancelled first, so its shielded
+    ``aclose`` still has the reader and the exit watcher working for it.
+    """
+    async with open_service_nursery() as nursery:
+        nursery.start_soon(worker._watch_exit)
+        nursery.start_soon(worker._read_forever)
+        try:
+            await worker._initialize()
+            nursery.start_soon(worker._ping_forever)
+            if options.memory_limit_mb is not None or options.memory_warn_mb is not None:
+                nursery.start_soon(worker._sample_memory_forever)
+            yield
+        finally:
+            with trio.CancelScope(shield=True):
+                await worker.aclose()
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_worker(
+    initializer: Callable[[], Any] | str | None = None,
+    *,
+    init_timeout: float = 10.0,
+    max_jobs: int | None = 1,
+    shutdown_timeout: float = 5.0,
+    ping_interval: float = 5.0,
+    ping_timeout: float = 10.0,
+    memory_warn_mb: float | None = None,
+    memory_limit_mb: float | None = None,
+    **options: Any,
+) -> AsyncIterator[Worker]:
+    """Start one supervised worker process and yield it once it is warm.
+
+    Args:
+        initializer: run once in the worker before any job: a picklable
+            callable (sync or async) or a ``"module:function"`` string. Its
+            return value is :func:`procsup.worker_state` inside the worker.
+        init_timeout: seconds the initializer may take (from spawn).
+        max_jobs: jobs before the worker retires; ``None`` for no limit.
+        shutdown_timeout: seconds a stop request may take before SIGKILL.
+        ping_interval: seconds between health pings.
+        ping_timeout: seconds a ping may go unanswered before the worker is
+            killed with :class:`WorkerUnresponsiveError`.
+        memory_warn_mb: log a (rate-limited) warning above this many MiB.
+        memory_limit_mb: kill the worker with :class:`MemoryLimitError`
+            above this many MiB.
+        **options: ``memory_interval`` (0.5 s between memory samples),
+            ``cancel_grace`` (1.0 s a cancelled job gets to stop before
+            SIGKILL), ``max_message_bytes`` (256 MiB frame limit),
+            ``start_method`` (``"exec"`` or ``"forkserver"``), ``preload``.
+
+    Raises:
+        WorkerStartError: the initializer raised, the worker exited, or
+            ``init_timeout`` elapsed; the child is already killed and reaped.
+
+    Leaving the block stops the worker gracefully, then by SIGKILL of its
+    process group after ``shutdown_timeout``, and always reaps it.
+    """
+    opts = WorkerOptions(
+        initializer=initializer,
+        init_timeout=init_timeout,
+        max_jobs=max_jobs,
+        shutdown_timeout=shutdown_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        memory_warn_mb=memory_warn_mb,
+        memory_limit_mb=memory_limit_mb,
+        **options,
+    )
+    spawner = make_spawner(opts)
+    try:
+        async with supervise(opts, spawner) as worker:
+            yield worker
+    finally:
+        with trio.CancelScope(shield=True):
+            await spawner.aclose()

@@ -1,0 +1,70 @@
+"""Shared fixtures. Every test runs under a guard that fails it if it leaves a
+child process (zombies included) or an open file descriptor behind."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+HERE = Path(__file__).parent
+# Jobs and initializers live in tests/helpers.py; workers import it by name.
+sys.path.insert(0, str(HERE))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-long", action="store_true", help="run the long chaos schedule (nox -s chaos)"
+    )
+    parser.addoption("--chaos-seed", type=int, default=None, help="replay a chaos run's seed")
+    parser.addoption(
+        "--chaos-seconds", type=float, default=None, help="duration of the long chaos run"
+    )
+
+
+def _open_fds() -> dict[int, str]:
+    fds: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the listing's own descriptor, closed already
+    return fds
+
+
+def _children() -> dict[int, str]:
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            found[child.pid] = f"{child.status()} {' '.join(child.cmdline())[:120]}"
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a child process or a file descriptor open."""
+    fds_before = _open_fds()
+    children_before = set(_children())
+    yield
+    # No grace period: procsup promises every child is reaped before the
+    # call that ended it returns.
+    leftover = {p: d for p, d in _children().items() if p not in children_before}
+    for pid in leftover:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    new_fds = {fd: target for fd, target in _open_fds().items() if fds_before.get(fd) != target}
+    problems = []
+    if leftover:
+        problems.append(f"child processes left behind: {leftover}")
+    if new_fds:
+        problems.append(f"file descriptors left open: {new_fds}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)

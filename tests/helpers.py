@@ -1,0 +1,159 @@
+"""Jobs and initializers for the tests. Workers import this module by name,
+so everything here is module-level and picklable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+
+def noop() -> None:
+    return None
+
+
+def sleepy_init(seconds: float = 0.2) -> dict[str, Any]:
+    time.sleep(seconds)
+    return {"model": "loaded", "pid": os.getpid()}
+
+
+def sleep_1s_init() -> str:
+    time.sleep(1.0)
+    return "warm"
+
+
+def state() -> Any:
+    import procsup
+
+    return procsup.worker_state()
+
+
+def modules_loaded() -> list[str]:
+    return sorted(sys.modules)
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def async_double(x: int) -> int:
+    import trio
+
+    await trio.sleep(0.01)
+    return 2 * x
+
+
+async def async_init() -> str:
+    import trio
+
+    await trio.sleep(0.01)
+    return "async-warm"
+
+
+def raise_value_error(message: str = "bad input") -> None:
+    raise ValueError(message)
+
+
+class Unpicklable(Exception):
+    def __init__(self, a: int, b: int) -> None:  # args do not round-trip
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable(1, 2)
+
+
+def return_unpicklable() -> Any:
+    return lambda: None
+
+
+def exit_now(code: int = 3) -> None:
+    os._exit(code)
+
+
+def kill_self(sig: int = signal.SIGKILL) -> None:
+    os.kill(os.getpid(), sig)
+
+
+def hang() -> None:
+    while True:
+        time.sleep(1)
+
+
+def busy_loop() -> None:
+    while True:
+        pass
+
+
+def sleep_for(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def raising_init() -> None:
+    raise RuntimeError("model file missing")
+
+
+def exiting_init() -> None:
+    os._exit(7)
+
+
+def hanging_init() -> None:
+    time.sleep(3600)
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+def log_lines(n: int = 3) -> int:
+    import logging
+
+    log = logging.getLogger("tests.worker")
+    for i in range(n):
+        log.warning("line %d from the worker", i)
+    log.info("bad %s args %s", 1)  # a broken format still arrives as its template
+    return n
+
+
+def log_then_exit() -> None:
+    import logging
+
+    logging.getLogger("tests.worker").warning("last words")
+    sys.exit(0)
+
+
+def allocate_mb(mb: int, hold: float = 10.0) -> None:
+    block = bytearray(mb * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(hold)
+
+
+def spawn_grandchild_then_hang() -> int:
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    with open(os.environ.get("PROCSUP_TEST_PIDFILE", "/dev/null"), "w") as f:
+        f.write(str(proc.pid))
+    while True:
+        time.sleep(1)
+
+
+def write_garbage() -> None:
+    # Bypass the protocol: write bytes that are not a valid frame.
+    from procsup import _child
+
+    assert _child._channel is not None
+    os.write(_child._channel.fd, b"\xff\xff\xff\xff\x63garbage")
+    time.sleep(5)
+
+
+def close_channel() -> None:
+    from procsup import _child
+
+    assert _child._channel is not None
+    os.close(_child._channel.fd)
+    time.sleep(30)
