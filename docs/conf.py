@@ -31,4 +31,8 @@ html_title = "procsup"
 
 nitpicky = False
 autodoc_typehints = "description"
+# Types for the parameters a docstring documents, not for private constructor
+# arguments of classes users never construct.
+autodoc_typehints_description_target = "documented_params"
 autodoc_member_order = "bysource"
+

@@ -142,10 +142,11 @@ def main(fd: int) -> None:
         code = _serve(channel, inbox)
     except _Interrupted:
         code = 0 if _cancel_requested else 128 + signal.SIGTERM
-    try:
-        channel.flush()
-    except OSError:
-        pass
+    finally:  # records logged just before exit (even sys.exit in a job) still go out
+        try:
+            channel.flush()
+        except OSError:
+            pass
     sys.exit(code)
 
 

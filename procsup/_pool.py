@@ -325,9 +325,10 @@ class Pool:
         )
 
     async def _wait_one_attempt(self) -> tuple[_Member, Worker] | None:
-        """Wait until a worker arrives (returned) or every start that was in
-        flight when this attempt began has settled without one (None)."""
+        """Wait until a worker arrives (returned), or until a start failed and
+        no start this attempt depends on is still in flight (None)."""
         self._waiting += 1
+        failures_before = self._start_failures
         try:
             self._rebalance()
             pending = set(self._in_flight)  # the starts this attempt depends on
@@ -344,11 +345,12 @@ class Pool:
                     if got is not None:
                         return got
                     continue  # a stale entry
-                if pending and not pending & self._in_flight:
-                    return None  # all of them settled without a worker for us
+                if pending & self._in_flight:
+                    continue  # a start we depend on may still succeed
+                if self._start_failures > failures_before:
+                    return None
                 self._rebalance()
-                if not pending:  # we were waiting for capacity, not a start
-                    pending = set(self._in_flight)
+                pending = set(self._in_flight)
         finally:
             self._waiting -= 1
 
@@ -431,7 +433,7 @@ class Pool:
                     self._starts += 1
                     try:
                         worker = await stack.enter_async_context(
-                            supervise(self._worker_options, self._spawner)
+                            supervise(self._worker_options, self._spawner, self._spawned)
                         )
                     except WorkerStartError as exc:
                         self._start_failed(member, exc)
@@ -443,6 +445,9 @@ class Pool:
                     self._set_state(member, CLOSING)
         finally:
             self._gone(member)
+
+    def _spawned(self, pid: int) -> None:
+        self._emit("start", pid)
 
     def _ready(self, member: _Member, worker: Worker) -> None:
         member.worker = worker
@@ -476,8 +481,6 @@ class Pool:
         worker = member.worker
         if worker is not None:
             self._emit("exited", worker.pid, returncode=worker.returncode)
-        if not self._in_flight:
-            self._wake_waiters()
         self._rebalance()
 
     def _wake_waiters(self) -> None:
@@ -626,6 +629,9 @@ async def open_pool(
         with collapse_single_group():
             async with open_service_nursery() as nursery:
                 pool = Pool(options, wopts, spawner, nursery)
+                if options.load is not None:
+                    pool._polled_load = pool._call_load()
+                pool._rebalance()  # warming starts now, not at the keeper's first turn
                 nursery.start_soon(pool._keep_warm)
                 try:
                     yield pool

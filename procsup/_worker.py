@@ -85,7 +85,7 @@ class Worker:
         self.last_ping_rtt: float | None = None
         """Round trip of the last answered ping, in seconds."""
         self.memory_mb: float | None = None
-        """The last memory sample, in MiB (PSS, USS or RSS: see ``memory_metric``)."""
+        """The last memory sample, in MiB (PSS, USS or RSS, as ``memory_metric`` says)."""
         self.memory_metric: str | None = None
 
     # -- public ------------------------------------------------------------
@@ -112,12 +112,12 @@ class Worker:
 
     @property
     def accepting_jobs(self) -> bool:
-        """True while :meth:`run` may be called: alive, idle, jobs left."""
+        """True while :meth:`run` may be called (alive, idle, jobs left)."""
         return self.alive and self._phase == "idle" and not self._retiring
 
     @property
     def returncode(self) -> int | None:
-        """How the process ended (negative: killed by that signal), once it has."""
+        """How the process ended, once it has (negative for the signal that killed it)."""
         return self._returncode
 
     async def wait_exited(self) -> None:
@@ -148,7 +148,16 @@ class Worker:
         self._job = job
         self._phase = "job"
         try:
-            await self._send(_wire.encode(Kind.JOB, job.id, payload))
+            try:
+                await self._send(_wire.encode(Kind.JOB, job.id, payload))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._kill_and_reap()
+                job.result = outcome.Error(
+                    WorkerCrashedError(
+                        "worker died before the job was sent", pid=self.pid, phase="idle",
+                        returncode=self._returncode,
+                    )
+                )
             await job.settled.wait()
         except BaseException:
             if job.result is None:
@@ -526,8 +535,13 @@ def make_spawner(options: WorkerOptions) -> Spawner:
 
 
 @asynccontextmanager
-async def supervise(options: WorkerOptions, spawner: Spawner) -> AsyncIterator[Worker]:
-    """Start a worker and own it until the block exits; see :func:`open_worker`."""
+async def supervise(
+    options: WorkerOptions, spawner: Spawner, on_spawn: Callable[[int], object] | None = None
+) -> AsyncIterator[Worker]:
+    """Start a worker and own it until the block exits; see :func:`open_worker`.
+
+    ``on_spawn(pid)`` is called once the process exists, before it is warm.
+    """
     parent_sock, child_sock = socket.socketpair()
     try:
         process = await spawner.spawn(child_sock.fileno())
@@ -541,6 +555,8 @@ async def supervise(options: WorkerOptions, spawner: Spawner) -> AsyncIterator[W
     finally:
         child_sock.close()
     worker = Worker(options, process, parent_sock)
+    if on_spawn is not None:
+        on_spawn(process.pid)
     try:
         with collapse_single_group():
             async with _worker_tasks(worker, options):

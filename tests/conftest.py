@@ -46,6 +46,12 @@ def _children() -> dict[int, str]:
     return found
 
 
+@pytest.fixture(params=["exec", "forkserver"])
+def start_method(request: pytest.FixtureRequest) -> str:
+    """A test that takes ``start_method`` runs once per start method."""
+    return str(request.param)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves a child process or a file descriptor open."""

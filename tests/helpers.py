@@ -157,3 +157,65 @@ def close_channel() -> None:
     assert _child._channel is not None
     os.close(_child._channel.fd)
     time.sleep(30)
+
+
+def busy_loop_ignoring_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        pass
+
+
+def hold_the_gil(seconds: float) -> None:
+    """Block every thread of the worker (a C call that never releases the GIL)."""
+    import re
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        re.match(r"(a+)+$", "a" * 28 + "b")  # catastrophic backtracking, in C
+
+
+def allocating_init() -> bytearray:
+    block = bytearray(300 * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    return block
+
+
+def flaky_init() -> str:
+    """Fails while the parent's PROCSUP_FLAKY was set when this worker started."""
+    if os.environ.get("PROCSUP_FLAKY") == "fail":
+        raise RuntimeError("flaky dependency unavailable")
+    return "ok"
+
+
+def first_start_fails_init() -> str:
+    """The first worker to claim a slot in $PROCSUP_SLOTS fails at once; later
+    ones succeed after 0.3 s."""
+    directory = os.environ["PROCSUP_SLOTS"]
+    n = 0
+    while True:
+        try:
+            os.close(os.open(os.path.join(directory, f"slot{n}"), os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            n += 1
+    if n == 0:
+        raise RuntimeError("first start fails")
+    time.sleep(0.3)
+    return "ok"
+
+
+def first_start_hangs_init() -> str:
+    """The first worker to claim a slot in $PROCSUP_SLOTS never answers; later
+    ones are ready at once."""
+    directory = os.environ["PROCSUP_SLOTS"]
+    n = 0
+    while True:
+        try:
+            os.close(os.open(os.path.join(directory, f"slot{n}"), os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            n += 1
+    if n == 0:
+        time.sleep(3600)
+    return "ok"

@@ -1,0 +1,186 @@
+"""Small helpers shared by the benchmark cases: statistics, caller loops,
+process counting. Imported only inside case processes."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+class NotAvailable(Exception):
+    """A case cannot run here (a peer is missing or broke); the message says why."""
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def latency_summary(latencies: Sequence[float]) -> dict[str, float]:
+    """p50, p99 and the count of per-call latencies (seconds)."""
+    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "n": len(latencies)}
+
+
+class JobBudget:
+    """Hands out up to ``total`` job tickets, none after ``seconds`` have passed.
+
+    Slow peers (a fresh executor per job) would otherwise blow the run's time
+    budget; their rate is then computed over the jobs they finished.
+    """
+
+    def __init__(self, total: int, seconds: float) -> None:
+        self.total = total
+        self.deadline = time.perf_counter() + seconds
+        self.issued = 0
+        self.cut_short = False
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.issued >= self.total:
+                return False
+            if time.perf_counter() >= self.deadline:
+                self.cut_short = True
+                return False
+            self.issued += 1
+            return True
+
+
+def throughput_result(
+    pids: list[int], latencies: list[float], elapsed: float, budget: JobBudget
+) -> dict[str, Any]:
+    """The W1 figures: jobs/s, latency percentiles, distinct pids."""
+    result: dict[str, Any] = {
+        "rate": len(pids) / elapsed,
+        "elapsed": elapsed,
+        "distinct": len(set(pids)) == len(pids),
+        **latency_summary(latencies),
+    }
+    if budget.cut_short:
+        result["note"] = f"stopped after {len(pids)} jobs (time budget)"
+    return result
+
+
+def run_threaded_callers(
+    call: Callable[[], int], total: int, seconds: float, callers: int = 2
+) -> dict[str, Any]:
+    """``callers`` threads each call ``call()`` (returning a worker pid)
+    sequentially until ``total`` jobs are done or ``seconds`` have passed."""
+    budget = JobBudget(total, seconds)
+    pids: list[int] = []
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            while budget.take():
+                start = time.perf_counter()
+                pid = call()
+                latencies.append(time.perf_counter() - start)
+                pids.append(pid)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, daemon=True) for _ in range(callers)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise NotAvailable(f"{type(errors[0]).__name__}: {errors[0]}")
+    return throughput_result(pids, latencies, elapsed, budget)
+
+
+def live_children() -> list[int]:
+    """Pids of this process's descendants that still exist (zombies included:
+    an unreaped child is a leak too)."""
+    import psutil
+
+    return [p.pid for p in psutil.Process().children(recursive=True)]
+
+
+def pid_exists(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a leftover process)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_descendants() -> None:
+    """SIGKILL every descendant of this process (case cleanup)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def call_with_timeout(fn: Callable[[], object], seconds: float) -> bool:
+    """Run ``fn`` in a daemon thread; True if it returned within ``seconds``."""
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+def leftover_workers() -> int:
+    """Live (non-zombie) descendants, not counting the long-lived helpers that
+    multiprocessing and loky keep on purpose (resource tracker, fork server)."""
+    import psutil
+
+    count = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "resource_tracker" in cmdline or "forkserver" in cmdline:
+            continue
+        count += 1
+    return count
+
+
+RESULT_PREFIX = "@@bench-result "
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Hand a case's result to the orchestrator (one marked stdout line)."""
+    import json
+    import sys
+
+    sys.stdout.write(RESULT_PREFIX + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def emit_and_exit(result: dict[str, Any]) -> None:
+    """Emit, kill every descendant and leave at once, skipping teardown and
+    atexit hooks that may hang (a peer pool stuck on a hanging initializer)."""
+    emit(result)
+    kill_descendants()
+    os._exit(0)

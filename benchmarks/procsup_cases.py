@@ -1,0 +1,218 @@
+"""B, C, D: procsup's own figures, for either start method."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jobs
+import trio
+from _util import (
+    JobBudget,
+    NotAvailable,
+    latency_summary,
+    live_children,
+    median,
+    pid_exists,
+    throughput_result,
+)
+
+import procsup
+
+MIB = 1024 * 1024
+W1_IDLE = 4  # open_pool's default
+W3_INIT_TIMEOUT = 1.0
+W3_ATTEMPTS = 3
+W3_GIVE_UP = 30.0  # a procsup hang is reported, not waited out
+W4_IDLE = 2
+FAILING_INITS = {"raise": jobs.raising_init, "exit": jobs.exiting_init, "hang": jobs.hanging_init}
+
+
+def require(method: str) -> None:
+    """Raise NotAvailable when procsup's ``method`` backend cannot be imported."""
+    if method == "forkserver":
+        try:
+            import procsup._forkserver  # noqa: F401
+        except ImportError as exc:
+            raise NotAvailable(f"procsup forkserver backend not importable ({exc})") from exc
+
+
+# -- B: one worker -------------------------------------------------------------
+
+
+def worker_spawn(quick: bool) -> dict[str, Any]:
+    """Spawn-to-ready of open_worker() with a no-op initializer, median of 20."""
+    n = 5 if quick else 20
+
+    async def main() -> list[float]:
+        times = []
+        for i in range(n + 2):
+            start = time.perf_counter()
+            async with procsup.open_worker(jobs.noop):
+                ready = time.perf_counter() - start
+            if i >= 2:  # the first starts pay for imports in this process
+                times.append(ready)
+        return times
+
+    times = trio.run(main)
+    return {"median": median(times), "min": min(times), "n": n}
+
+
+def worker_rtt(quick: bool) -> dict[str, Any]:
+    """Warm round trip of worker.run(noop) on open_worker(max_jobs=None)."""
+    n = 50 if quick else 200
+
+    async def main() -> list[float]:
+        latencies = []
+        async with procsup.open_worker(jobs.noop, max_jobs=None) as worker:
+            for i in range(n + 20):
+                start = time.perf_counter()
+                await worker.run(jobs.noop)
+                if i >= 20:
+                    latencies.append(time.perf_counter() - start)
+        return latencies
+
+    return latency_summary(trio.run(main))
+
+
+# -- C: the pool ----------------------------------------------------------------
+
+
+def w2_warm(method: str, quick: bool) -> dict[str, Any]:
+    """Time until 4 workers whose initializer burns 150 ms of CPU are warm."""
+    require(method)
+    rounds = 1 if quick else 3
+
+    async def once() -> float:
+        start = time.perf_counter()
+        async with procsup.open_pool(jobs.burn_init, idle=4, start_method=method) as pool:
+            await pool.wait_warm()
+            return time.perf_counter() - start
+
+    async def main() -> list[float]:
+        return [await once() for _ in range(rounds)]
+
+    times = trio.run(main)
+    cores = min(os.cpu_count() or 1, 4)
+    ideal = 4 * jobs.INIT_CPU_SECONDS / cores
+    return {"median": median(times), "min": min(times), "ideal": ideal, "n": rounds}
+
+
+def w1_throughput(method: str, quick: bool, budget_s: float) -> dict[str, Any]:
+    """200 os.getpid jobs, each in a fresh worker (max_jobs=1), 2 callers."""
+    require(method)
+    total = 20 if quick else 200
+
+    async def main() -> dict[str, Any]:
+        async with procsup.open_pool(idle=W1_IDLE, start_method=method) as pool:
+            await pool.wait_warm()
+            budget = JobBudget(total, budget_s)
+            pids: list[int] = []
+            latencies: list[float] = []
+
+            async def caller() -> None:
+                while budget.take():
+                    start = time.perf_counter()
+                    pids.append(await pool.run(os.getpid))
+                    latencies.append(time.perf_counter() - start)
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(caller)
+                nursery.start_soon(caller)
+            elapsed = time.perf_counter() - start
+        return throughput_result(pids, latencies, elapsed, budget)
+
+    return trio.run(main)
+
+
+# -- D: start failures, sequential jobs, memory -----------------------------------
+
+
+def w3_start_failure(method: str, mode: str, idle: int) -> dict[str, Any]:
+    """Seconds until pool.run raises when every start fails in ``mode``, and
+    the processes left: failed starts still alive at the raise, and any
+    descendant at all once the pool is closed."""
+    require(method)
+    failed_pids: set[int] = set()
+
+    def on_event(event: Any) -> None:
+        if event.kind == "start_failed" and event.pid is not None:
+            failed_pids.add(event.pid)
+
+    async def main() -> dict[str, Any]:
+        raised = None
+        start = time.perf_counter()
+        async with procsup.open_pool(
+            FAILING_INITS[mode],
+            idle=idle,
+            init_timeout=W3_INIT_TIMEOUT,
+            max_acquire_attempts=W3_ATTEMPTS,
+            start_method=method,
+            on_event=on_event,
+        ) as pool:
+            with trio.move_on_after(W3_GIVE_UP):
+                try:
+                    await pool.run(jobs.noop)
+                except Exception as exc:
+                    raised = exc
+            elapsed = time.perf_counter() - start
+            left = sum(map(pid_exists, failed_pids))
+            starts = pool.statistics().starts
+        after_close = len(live_children())
+        if raised is None:
+            return {"hang": W3_GIVE_UP, "left": left, "after_close": after_close}
+        return {
+            "seconds": elapsed,
+            "left": left,
+            "after_close": after_close,
+            "raised": type(raised).__name__,
+            "note": f"idle={idle}, {starts} starts",
+        }
+
+    return trio.run(main)
+
+
+def w4_sequential(method: str, reuse: bool, quick: bool) -> dict[str, Any]:
+    """100 sequential noop jobs on a warm pool: one-shot (max_jobs=1, idle=2)
+    or reusing workers (max_jobs=None)."""
+    require(method)
+    n = 20 if quick else 100
+
+    async def main() -> list[float]:
+        async with procsup.open_pool(
+            idle=W4_IDLE, max_jobs=None if reuse else 1, start_method=method
+        ) as pool:
+            await pool.wait_warm()
+            for _ in range(10 if reuse else 0):
+                await pool.run(jobs.noop)
+            latencies = []
+            for _ in range(n):
+                start = time.perf_counter()
+                await pool.run(jobs.noop)
+                latencies.append(time.perf_counter() - start)
+            return latencies
+
+    return latency_summary(trio.run(main))
+
+
+def w5_memory(method: str) -> dict[str, Any]:
+    """RSS/USS/PSS of one idle warm worker (no initializer), in MiB."""
+    require(method)
+    import psutil
+
+    ready: list[int] = []
+
+    def on_event(event: Any) -> None:
+        if event.kind == "ready" and event.pid is not None:
+            ready.append(event.pid)
+
+    async def main() -> Any:
+        async with procsup.open_pool(idle=1, start_method=method, on_event=on_event) as pool:
+            await pool.wait_warm()
+            await trio.sleep(0.3)  # settle: lazy imports, thread stacks
+            return psutil.Process(ready[-1]).memory_full_info()
+
+    info = trio.run(main)
+    return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB}

@@ -1,0 +1,295 @@
+"""Turn the cases' figures into markdown tables with targets, and a chart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from cases import METHODS, W1_PEERS, W3_MODES, W3_PEER_LABELS
+
+Results = dict[str, dict[str, Any]]
+
+W3_INIT_TIMEOUT = 1.0
+W3_HANG_LIMIT = 3 * W3_INIT_TIMEOUT + 1.0
+W3_FAST_LIMIT = 0.5
+
+
+@attrs.frozen
+class Row:
+    measurement: str
+    result: str
+    reference: str = ""
+    ratio: str = ""
+    target: str = ""
+    verdict: str = ""
+
+
+@attrs.frozen
+class Section:
+    title: str
+    rows: list[Row]
+
+
+# -- formatting ------------------------------------------------------------------
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_rate(rate: float) -> str:
+    return f"{rate:,.0f}/s"
+
+
+def problem(res: dict[str, Any] | None) -> str | None:
+    """Why a case has no figures ("n/a: ..."), or None when it has."""
+    if res is None:
+        return "not run"
+    if "na" in res:
+        return f"n/a: {res['na']}"
+    if "error" in res:
+        return f"ERROR: {res['error']}"
+    return None
+
+
+def _note(res: dict[str, Any]) -> str:
+    notes = [res["note"]] if res.get("note") else []
+    if res.get("leaked"):
+        notes.append(f"{res['leaked']} processes left after the case")
+    return f" ({'; '.join(notes)})" if notes else ""
+
+
+def compare(
+    measurement: str,
+    res: dict[str, Any] | None,
+    value: Callable[[dict[str, Any]], float],
+    shown: Callable[[dict[str, Any]], str],
+    ref: dict[str, Any] | None,
+    ref_value: Callable[[dict[str, Any]], float],
+    ref_label: Callable[[dict[str, Any]], str],
+    target: str = "",
+    passes: Callable[[float], bool] | None = None,
+) -> Row:
+    """A row comparing ``value(res)`` with ``ref_value(ref)`` as a ratio,
+    judged by ``passes(ratio)`` when there is a target."""
+    why = problem(res)
+    if why is not None or res is None:
+        return Row(measurement, why or "", target=target, verdict="n/a" if target else "")
+    result = shown(res) + _note(res)
+    ref_why = problem(ref)
+    if ref_why is not None or ref is None:
+        return Row(measurement, result, ref_why or "", target=target, verdict="n/a" if target else "")
+    ratio = value(res) / ref_value(ref)
+    verdict = ("PASS" if passes(ratio) else "MISS") if passes and target else ""
+    return Row(measurement, result, ref_label(ref), f"{ratio:.2f}x", target, verdict)
+
+
+def plain(measurement: str, res: dict[str, Any] | None, shown: Callable[[dict[str, Any]], str]) -> Row:
+    why = problem(res)
+    if why is not None or res is None:
+        return Row(measurement, why or "")
+    return Row(measurement, shown(res) + _note(res))
+
+
+def _latency(res: dict[str, Any]) -> str:
+    return f"p50 {fmt_time(res['p50'])}, p99 {fmt_time(res['p99'])} (n={res['n']})"
+
+
+def _throughput(res: dict[str, Any]) -> str:
+    distinct = "all pids distinct" if res["distinct"] else "PIDS REPEAT"
+    return (
+        f"{fmt_rate(res['rate'])}; p50 {fmt_time(res['p50'])}, p99 {fmt_time(res['p99'])}; "
+        f"{res['n']} jobs, {distinct}"
+    )
+
+
+# -- sections --------------------------------------------------------------------
+
+
+def floors(r: Results) -> Section:
+    return Section(
+        "A. Floors (this machine, this run)",
+        [
+            plain("`python -c pass` start, median", r.get("python_start"),
+                  lambda x: f"{fmt_time(x['median'])} (min {fmt_time(x['min'])}, n={x['n']})"),
+            plain("fork + _exit + waitpid, in a loop", r.get("fork_rate"),
+                  lambda x: f"{fmt_rate(x['rate'])} (n={x['n']})"),
+            plain("socketpair ping-pong round trip (forked echo child)", r.get("socketpair_rtt"),
+                  _latency),
+        ],
+    )
+
+
+def worker(r: Results) -> Section:
+    return Section(
+        "B. procsup worker (issue 2)",
+        [
+            compare(
+                "open_worker() spawn-to-ready, no-op initializer, median", r.get("worker_spawn"),
+                lambda x: x["median"], lambda x: f"{fmt_time(x['median'])} (n={x['n']})",
+                r.get("python_start"), lambda x: x["median"],
+                lambda x: f"`python -c pass` {fmt_time(x['median'])}",
+                "<= 2x", lambda q: q <= 2.0,
+            ),
+            compare(
+                "warm worker.run(noop), max_jobs=None", r.get("worker_rtt"),
+                lambda x: x["p50"], _latency,
+                r.get("socketpair_rtt"), lambda x: x["p50"],
+                lambda x: f"socketpair p50 {fmt_time(x['p50'])}",
+                "p50 <= 3x", lambda q: q <= 3.0,
+            ),
+        ],
+    )
+
+
+def _best_peer(r: Results) -> dict[str, Any] | None:
+    rated = [(r[f"w1_{p}"]["rate"], p) for p in W1_PEERS if problem(r.get(f"w1_{p}")) is None]
+    if not rated:
+        return None
+    rate, peer = max(rated)
+    return {"rate": rate, "label": W1_PEERS[peer]}
+
+
+def pool(r: Results) -> Section:
+    rows = []
+    for method in METHODS:
+        rows.append(compare(
+            f"W2 warm 4 workers (150 ms CPU init each), {method}", r.get(f"w2_{method}"),
+            lambda x: x["median"], lambda x: f"{fmt_time(x['median'])} (median of {x['n']})",
+            r.get(f"w2_{method}"), lambda x: x["ideal"],
+            lambda x: f"ideal {fmt_time(x['ideal'])}",
+            "<= 1.15x", lambda q: q <= 1.15,
+        ))
+    best = _best_peer(r)
+    for method in METHODS:
+        res = r.get(f"w1_procsup_{method}")
+        rows.append(compare(
+            f"W1 one-shot throughput, procsup {method}, 2 callers", res,
+            lambda x: x["rate"], _throughput,
+            best, lambda x: x["rate"], lambda x: f"best peer {fmt_rate(x['rate'])}: {x['label']}",
+            ">= 1.5x", lambda q: q >= 1.5,
+        ))
+        rows.append(compare(
+            f"W1 procsup {method} vs the fork floor", res,
+            lambda x: x["rate"], lambda x: fmt_rate(x["rate"]),
+            r.get("fork_rate"), lambda x: x["rate"],
+            lambda x: f"fork+exit+waitpid {fmt_rate(x['rate'])}",
+            ">= 0.5x", lambda q: q >= 0.5,
+        ))
+        if problem(res) is None and res is not None and not res["distinct"]:
+            rows.append(Row(f"W1 procsup {method}: a fresh worker per job", "PIDS REPEAT",
+                            target="all distinct", verdict="MISS"))
+    for peer, label in W1_PEERS.items():
+        rows.append(plain(f"W1 peer: {label}", r.get(f"w1_{peer}"), _throughput))
+    return Section("C. Pool (issue 3)", rows)
+
+
+def _w3_result(res: dict[str, Any]) -> str:
+    if "hang" in res:
+        text = f"hangs (>{res['hang']:g} s)"
+    else:
+        text = f"{fmt_time(res['seconds'])}, {res['raised']}"
+    text += f"; {res['left']} left"
+    if "after_close" in res:
+        text += f", {res['after_close']} after close"
+    return text
+
+
+def _w3_procsup_row(mode: str, method: str, res: dict[str, Any] | None, label: str) -> Row:
+    limit = W3_HANG_LIMIT if mode == "hang" else W3_FAST_LIMIT
+    target = f"<= {limit:g} s, nothing left"
+    why = problem(res)
+    if why is not None or res is None:
+        return Row(label, why or "", target=target, verdict="n/a")
+    ok = "hang" not in res and res["seconds"] <= limit and res["left"] == 0
+    ok = ok and res.get("after_close", 0) == 0
+    return Row(label, _w3_result(res) + _note(res), target=target, verdict="PASS" if ok else "MISS")
+
+
+def issue6(r: Results) -> Section:
+    rows = []
+    for mode in W3_MODES:
+        for method in METHODS:
+            rows.append(_w3_procsup_row(
+                mode, method, r.get(f"w3_procsup_{method}_{mode}"),
+                f"W3 init {mode}s, procsup {method} (init_timeout=1, 3 attempts)",
+            ))
+        if mode == "hang":
+            for method in METHODS:
+                rows.append(_w3_procsup_row(
+                    mode, method, r.get(f"w3_procsup_{method}_hang_idle0"),
+                    f"W3 init hangs, procsup {method}, idle=0",
+                ))
+        for peer, label in W3_PEER_LABELS.items():
+            rows.append(plain(f"W3 init {mode}s, peer: {label}", r.get(f"w3_{peer}_{mode}"),
+                              _w3_result))
+    mp_oneshot = r.get("w4_mp_fork_oneshot")
+    for method in METHODS:
+        rows.append(compare(
+            f"W4 100 sequential jobs, reuse (max_jobs=None), procsup {method}",
+            r.get(f"w4_procsup_{method}_reuse"), lambda x: x["p50"], _latency,
+            r.get("socketpair_rtt"), lambda x: x["p50"],
+            lambda x: f"socketpair p50 {fmt_time(x['p50'])}",
+            "p50 <= 2x", lambda q: q <= 2.0,
+        ))
+        rows.append(compare(
+            f"W4 100 sequential jobs, one-shot (max_jobs=1, idle=2), procsup {method}",
+            r.get(f"w4_procsup_{method}_oneshot"), lambda x: x["p50"], _latency,
+            mp_oneshot, lambda x: x["p50"],
+            lambda x: f"mp fork one-shot p50 {fmt_time(x['p50'])}",
+            "p50 <= 0.33x", lambda q: q <= 1 / 3,
+        ))
+    rows.append(plain("W4 peer: multiprocessing.Pool(2, maxtasksperchild=1), fork, one-shot",
+                      mp_oneshot, _latency))
+    mp_mem = r.get("w5_mp_fork")
+    for method in METHODS:
+        rows.append(compare(
+            f"W5 idle warm worker memory, procsup {method}", r.get(f"w5_procsup_{method}"),
+            lambda x: x["uss"], _memory, mp_mem, lambda x: x["uss"],
+            lambda x: f"mp fork worker USS {x['uss']:.1f} MiB",
+            "USS <= 1x" if method == "forkserver" else "",
+            (lambda q: q <= 1.0) if method == "forkserver" else None,
+        ))
+    rows.append(plain("W5 peer: multiprocessing fork worker", mp_mem, _memory))
+    return Section("D. Start failures, sequential jobs, memory (issue 6)", rows)
+
+
+def _memory(res: dict[str, Any]) -> str:
+    return f"RSS {res['rss']:.1f} / USS {res['uss']:.1f} / PSS {res['pss']:.1f} MiB"
+
+
+def build(results: Results) -> list[Section]:
+    """The sections with at least one measured (or attempted) case."""
+    sections = [floors(results), worker(results), pool(results), issue6(results)]
+    return [
+        attrs.evolve(s, rows=[row for row in s.rows if row.result != "not run"])
+        for s in sections
+        if any(row.result != "not run" for row in s.rows)
+    ]
+
+
+def markdown(sections: list[Section]) -> str:
+    out = []
+    for section in sections:
+        out += [f"### {section.title}", ""]
+        out.append("| Measurement | Result | Compared with | Ratio | Target | Verdict |")
+        out.append("| --- | --- | --- | --- | --- | --- |")
+        for row in section.rows:
+            cells = [c.replace("|", "\\|") for c in attrs.astuple(row)]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def verdicts(sections: list[Section]) -> dict[str, int]:
+    counts = {"PASS": 0, "MISS": 0, "n/a": 0}
+    for section in sections:
+        for row in section.rows:
+            if row.verdict in counts:
+                counts[row.verdict] += 1
+    return counts

@@ -1,0 +1,391 @@
+"""The fork-server start method: workers forked from a warm template process.
+
+One template per spawner (so per pool), started on the first spawn the way
+an exec worker is (``sys.executable -c``, the parent's ``sys.path``, its own
+process group). It imports ``procsup._child`` and the ``preload`` modules
+once, then forks one worker per request; the worker runs the same
+:func:`procsup._child.main` an exec'd worker runs. The template side is
+:mod:`procsup._forkserver_child`, which also describes the control protocol.
+
+Contracts:
+
+* A preload module that fails to import fails that spawn with
+  :class:`WorkerStartError` naming the module, with the template's
+  traceback; that template exits, and the next spawn tries a new one (so a
+  module fixed meanwhile is picked up).
+* A worker's end is seen through a pidfd; its return code comes from the
+  template, which kills the rest of the worker's process group while the
+  leader is an unreaped zombie, then reaps it and reports. If the template
+  dies first, the status is unknown and :meth:`ChildProcess.wait` returns
+  ``-SIGKILL`` (the spawner SIGKILLs every worker of a dead template).
+* No orphans: the template exits on EOF of its control socket (parent dead
+  or closing), SIGKILLing its workers' groups; each worker also kills its own
+  group on EOF of its channel. A template that dies has its workers killed
+  by the spawner, and the next spawn starts a new one, after a backoff when
+  templates keep dying.
+* One background task per template reads its control socket. The Spawner
+  protocol gives no nursery, so it is a trio *system* task; :meth:`aclose`
+  ends it and waits for it, and it kills and reaps its template on the way
+  out even when the run itself ends.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from . import _forkserver_child as proto
+from ._backoff import backoff_delay
+from ._errors import WorkerStartError, describe_exit
+from ._spawn import ChildProcess, _ExecChild, _open_pidfd, kill_group
+
+__all__ = ["ForkServerSpawner"]
+
+logger = logging.getLogger("procsup")
+
+_BOOTSTRAP = (
+    "import sys;sys.path[:]={path!r};from procsup._forkserver_child import serve;"
+    "fd=serve({fd},{preload!r});from procsup._child import main;main(fd)"
+)
+# The template answers a fork in milliseconds; past this it is stuck and replaced.
+_REPLY_DEADLINE = 10.0
+# After a worker ended, how long the template may take to reap and report it.
+_REPORT_DEADLINE = 5.0
+# A closing template exits at once on EOF; past this it is SIGKILLed.
+_EXIT_GRACE = 2.0
+_BACKOFF_BASE = 0.1
+_BACKOFF_CAP = 5.0
+
+
+class ForkServerSpawner:
+    """Forks workers from one template process that imported ``preload``.
+
+    Args:
+        preload: modules the template imports once, so that workers start
+            with them already imported.
+        executable: the Python interpreter of the template.
+        start_timeout: seconds the template may take to start and import
+            ``preload`` before the spawn fails with :class:`WorkerStartError`.
+    """
+
+    def __init__(
+        self,
+        preload: Sequence[str] = (),
+        *,
+        executable: str | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.preload = tuple(preload)
+        self.executable = executable or sys.executable
+        self.start_timeout = start_timeout
+        self._template: _Template | None = None
+        self._templates: set[_Template] = set()  # not yet reaped, for aclose
+        self._start_lock = trio.Lock()
+        self._failures = 0  # templates in a row that failed to start or died
+        self._closed = False
+
+    @property
+    def template_pid(self) -> int | None:
+        """The running template's process id, if one runs."""
+        template = self._template
+        return template.pid if template is not None and template.alive else None
+
+    async def spawn(self, fd: int) -> ChildProcess:
+        template = await self._running_template()
+        child = await template.fork(fd)
+        self._failures = 0
+        return child
+
+    async def aclose(self) -> None:
+        """Stop the template (EOF, then SIGKILL after a grace) and reap it."""
+        with trio.CancelScope(shield=True):
+            self._closed = True
+            self._template = None
+            for template in list(self._templates):
+                await template.aclose()
+
+    async def _running_template(self) -> _Template:
+        async with self._start_lock:
+            if self._closed:
+                raise WorkerStartError("the fork server is closed", pid=None, phase="init")
+            template = self._template
+            if template is not None and template.alive:
+                return template
+            if template is not None:
+                self._failures += 1  # it died under us
+            self._template = None
+            await trio.sleep(
+                backoff_delay(
+                    self._failures, base=_BACKOFF_BASE, cap=_BACKOFF_CAP, jitter=random.random()
+                )
+            )
+            try:
+                template = await self._start()
+            except BaseException:
+                self._failures += 1
+                raise
+            self._template = template
+            return template
+
+    async def _start(self) -> _Template:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            code = _BOOTSTRAP.format(path=sys.path, fd=child_end.fileno(), preload=list(self.preload))
+            popen = partial(
+                subprocess.Popen,
+                [self.executable, "-c", code],
+                pass_fds=(child_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+                process_group=0,
+            )
+            # Not abandonable: a process started by the thread must reach its owner.
+            process = await trio.to_thread.run_sync(popen)
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        template = _Template(self, _ExecChild(process), trio.socket.from_stdlib_socket(parent_end))
+        self._templates.add(template)
+        trio.lowlevel.spawn_system_task(template.serve, name=f"procsup fork server pid={template.pid}")
+        try:
+            with trio.fail_after(self.start_timeout):
+                await template.started.wait()
+        except trio.TooSlowError:
+            template.kill()
+            raise WorkerStartError(
+                "the fork server did not start in time (importing preload modules?)",
+                pid=None,
+                phase="init",
+                setting=f"start_timeout={self.start_timeout:g}s",
+            ) from None
+        except BaseException:
+            template.kill()
+            raise
+        if template.start_error is not None:
+            raise template.start_error
+        return template
+
+
+class _Template:
+    """One template process, seen from the parent, and its workers."""
+
+    def __init__(self, spawner: ForkServerSpawner, process: _ExecChild, sock: trio.socket.SocketType) -> None:
+        self._spawner = spawner
+        self._process = process
+        self._sock = sock
+        self._send_lock = trio.StrictFIFOLock()
+        self._replies: deque[_Reply] = deque()  # forks asked for, in request order
+        self._children: dict[int, _ForkChild] = {}  # forked, end not yet reported
+        self.alive = True
+        self.started = trio.Event()  # READY, PRELOAD_FAILED or the end came
+        self.start_error: WorkerStartError | None = None
+        self._ended = trio.Event()  # the template is reaped
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the template; :meth:`serve` then cleans up after it."""
+        self._process.kill()
+
+    async def aclose(self) -> None:
+        self._sock.close()  # EOF to the template; wakes serve() with ClosedResourceError
+        await self._ended.wait()
+
+    async def fork(self, fd: int) -> _ForkChild:
+        """Ask for one worker on ``fd``. Shielded, with a deadline: once
+        asked for, a worker must reach its owner or be killed."""
+        with trio.CancelScope(shield=True):
+            reply = _Reply()
+            with trio.move_on_after(_REPLY_DEADLINE):
+                await self._request(proto.FORK, fds=(fd,), reply=reply)
+                await reply.done.wait()
+            if not reply.done.is_set():
+                logger.error("fork server pid=%d did not answer a fork request; killing it", self.pid)
+                self.kill()
+                raise WorkerStartError("the fork server did not answer", pid=None, phase="init")
+            if reply.error is not None:
+                raise reply.error
+            child = _ForkChild(self, reply.pid, _open_pidfd(reply.pid))
+            self._children[child.pid] = child
+            if not self.alive:  # it died before it could be told to reap this one
+                self._forget(child)
+            else:
+                await self._request(proto.ACK, child.pid)
+            return child
+
+    async def _request(
+        self, kind: int, pid: int = 0, *, fds: tuple[int, ...] = (), reply: _Reply | None = None
+    ) -> None:
+        msg = proto.MSG.pack(kind, pid, 0)
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+        async with self._send_lock:
+            if reply is not None:  # queued first: the answer may come before sendmsg returns
+                self._replies.append(reply)
+            try:
+                await self._sock.sendmsg([msg], ancillary)
+            except (OSError, trio.ClosedResourceError) as exc:
+                # Most likely the template is gone, and serve() settles the rest.
+                if reply is not None and not reply.done.is_set():
+                    if reply in self._replies:
+                        self._replies.remove(reply)
+                    reply.fail(f"could not reach the fork server: {exc!r}")
+
+    def _forget(self, child: _ForkChild) -> None:
+        """The template is gone and cannot report ``child``: kill it, settle it."""
+        self._children.pop(child.pid, None)
+        kill_group(child.pid)
+        child._settle(None)
+
+    # -- the reader: a system task per template --------------------------------
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                data = await self._sock.recv(65536)
+                if not data:
+                    break
+                if not self._dispatch(data):
+                    logger.error("fork server pid=%d broke the protocol; killing it", self.pid)
+                    break
+        except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # closed by aclose(), or the template is gone
+        except Exception:
+            logger.exception("fork server pid=%d: unexpected error; killing it", self.pid)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._end()
+
+    def _dispatch(self, data: bytes) -> bool:
+        if len(data) < proto.MSG.size:
+            return False
+        kind, pid, value = proto.MSG.unpack_from(data)
+        if kind == proto.EXITED and pid in self._children:
+            self._children.pop(pid)._settle(value)
+        elif kind in (proto.FORKED, proto.FORK_FAILED) and self._replies:
+            reply = self._replies.popleft()
+            if kind == proto.FORKED:
+                reply.pid = pid
+                reply.done.set()
+            else:
+                reply.fail(f"the fork server could not fork: {os.strerror(value)}")
+        elif kind == proto.READY and not self.started.is_set() and pid == self.pid:
+            self.started.set()
+        elif kind == proto.PRELOAD_FAILED and not self.started.is_set():
+            self.start_error = _preload_error(data[proto.MSG.size :])
+            self.started.set()
+        else:
+            return False
+        return True
+
+    async def _end(self) -> None:
+        """The control channel ended: nothing of this template may outlive it."""
+        self.alive = False
+        self._sock.close()
+        if not self.started.is_set():
+            rc = await self._reap()
+            self.start_error = WorkerStartError(
+                f"the fork server exited during startup ({describe_exit(rc)})", pid=None, phase="init"
+            )
+            self.started.set()
+        while self._replies:
+            self._replies.popleft().fail("the fork server exited before it answered")
+        for child in list(self._children.values()):
+            self._forget(child)
+        await self._reap()
+        self._spawner._templates.discard(self)
+        self._ended.set()
+
+    async def _reap(self) -> int:
+        with trio.move_on_after(_EXIT_GRACE):
+            return await self._process.wait()
+        self.kill()
+        return await self._process.wait()
+
+
+class _Reply:
+    __slots__ = ("done", "error", "pid")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.pid = 0
+        self.error: BaseException | None = None
+
+    def fail(self, what: str) -> None:
+        self.error = WorkerStartError(what, pid=None, phase="init")
+        self.done.set()
+
+
+class _ForkChild:
+    """A worker forked by the template: not our child, so watched by pidfd."""
+
+    def __init__(self, template: _Template, pid: int, pidfd: int | None) -> None:
+        self._template = template
+        self._pid = pid
+        self._pidfd = pidfd
+        self._status: int | None = None
+        self._settled = trio.Event()  # the template reported the end, or is gone
+        self._returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    async def wait(self) -> int:
+        if self._returncode is None:
+            if self._pidfd is None:  # no pidfd: the template's report is the only news
+                await self._settled.wait()
+            else:
+                await trio.lowlevel.wait_readable(self._pidfd)
+                with trio.move_on_after(_REPORT_DEADLINE):
+                    await self._settled.wait()
+                if not self._settled.is_set():
+                    logger.error(
+                        "fork server pid=%d did not report the end of worker pid=%d; killing it",
+                        self._template.pid, self.pid,
+                    )
+                    kill_group(self.pid)
+                    self._template.kill()
+                    self._settle(None)
+                os.close(self._pidfd)
+                self._pidfd = None
+            self._returncode = -signal.SIGKILL if self._status is None else self._status
+        return self._returncode
+
+    def kill(self) -> None:
+        # Once reported, the template has killed the group and reaped the
+        # leader: the pid may belong to someone else now.
+        if not self._settled.is_set():
+            kill_group(self.pid)
+
+    def _settle(self, status: int | None) -> None:
+        if not self._settled.is_set():
+            self._status = status
+            self._settled.set()
+
+
+def _preload_error(text: bytes) -> WorkerStartError:
+    module, _, rest = text.decode("utf-8", "replace").partition("\0")
+    error, _, tb = rest.partition("\0")
+    err = WorkerStartError(
+        f"the fork server could not import preload module {module!r}: {error}; "
+        "fix the module or remove it from preload",
+        pid=None,
+        phase="init",
+    )
+    err.remote_type = error.partition(":")[0]
+    err.remote_traceback = tb
+    return err

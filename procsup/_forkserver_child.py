@@ -1,0 +1,181 @@
+"""The fork server's template process: imports once, forks workers on request.
+
+Standard library only, single-threaded, and trio-free, so every worker forked
+from it starts as small and as clean as an exec'd one, minus the imports.
+
+The control channel is an ``AF_UNIX`` ``SOCK_SEQPACKET`` socketpair, so the
+kernel keeps message boundaries and no framing is needed: each message is one
+``MSG`` (kind, pid, value), and ``FORK`` carries the worker's channel end as
+``SCM_RIGHTS``. The conversation:
+
+* template -> parent: ``READY`` once the preload modules are imported, or
+  ``PRELOAD_FAILED`` followed by UTF-8 text (module, NUL, error, NUL,
+  traceback), after which the template exits;
+* parent -> template: ``FORK`` with an fd; template -> parent: ``FORKED``
+  (pid) or ``FORK_FAILED`` (errno), in request order;
+* parent -> template: ``ACK`` (pid) once the parent holds a pidfd on it. Only
+  then may the template reap that worker: until it does, the pid cannot be
+  reused, so the parent's ``pidfd_open`` names the right process;
+* template -> parent: ``EXITED`` (pid, subprocess-style return code), sent
+  after the template has SIGKILLed what was left of the worker's process
+  group (while the leader was still an unreaped zombie) and reaped it.
+
+EOF on the control channel means the parent is gone or closing: the template
+SIGKILLs every worker's process group it still has and exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+from typing import NoReturn
+
+__all__ = ["MSG", "serve"]
+
+MSG = struct.Struct("!Bqq")
+# parent -> template
+FORK = 1
+ACK = 2
+# template -> parent
+READY = 10
+PRELOAD_FAILED = 11
+FORKED = 12
+FORK_FAILED = 13
+EXITED = 14
+
+_MAX_TEXT = 60_000  # a preload traceback, cut to fit one message
+
+# The template's workers: pid -> the parent has acknowledged it (may be reaped).
+_children: dict[int, bool] = {}
+
+
+def serve(ctrl_fd: int, preload: list[str]) -> int:
+    """Run the template on the control socket ``ctrl_fd``.
+
+    Never returns in the template, which ends with ``os._exit``; returns in
+    each forked worker, with the worker's channel fd, its signal handling
+    reset and the template's descriptors closed. (No ``finally`` or ``with``
+    here: a forked worker unwinds these frames.)
+    """
+    ctrl = socket.socket(fileno=ctrl_fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, _ignore)  # a Python handler, so wake_w is written
+    _preload(ctrl, preload)
+    _send(ctrl, READY, os.getpid())
+    poller = select.poll()
+    poller.register(ctrl, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == wake_r:
+                os.read(wake_r, 4096)
+                continue
+            fds: list[int] = []
+            try:
+                msg, fds, _, _ = socket.recv_fds(ctrl, MSG.size, 1)
+            except OSError:
+                msg = b""
+            if len(msg) != MSG.size:  # EOF, or a parent we do not understand
+                _shutdown()
+            kind, pid, _ = MSG.unpack(msg)
+            if kind == FORK and len(fds) == 1:
+                if _fork(ctrl, fds[0]) == 0:
+                    return _become_worker(ctrl, wake_r, wake_w, fds[0])
+            elif kind == ACK and pid in _children:
+                _children[pid] = True
+            else:
+                _shutdown()
+        _reap(ctrl)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass
+
+
+def _send(ctrl: socket.socket, kind: int, pid: int = 0, value: int = 0, text: bytes = b"") -> None:
+    try:
+        ctrl.send(MSG.pack(kind, pid, value) + text)
+    except OSError:
+        _shutdown()  # the parent is gone
+
+
+def _preload(ctrl: socket.socket, names: list[str]) -> None:
+    import importlib
+
+    importlib.import_module("procsup._child")  # the worker's own code, imported once
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:  # noqa: BLE001 -- any failure is the parent's to report
+            import traceback
+
+            text = f"{name}\0{type(exc).__name__}: {exc}\0{traceback.format_exc()}"
+            _send(ctrl, PRELOAD_FAILED, text=text.encode("utf-8", "replace")[:_MAX_TEXT])
+            os._exit(1)
+
+
+def _fork(ctrl: socket.socket, fd: int) -> int:
+    """Fork one worker; returns 0 in the worker, its pid (or -1) here."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()  # or the worker inherits, and repeats, buffered output
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        os.close(fd)
+        _send(ctrl, FORK_FAILED, value=exc.errno or 0)
+        return -1
+    if pid == 0:
+        return 0
+    os.close(fd)  # the worker's channel must end when the worker does
+    try:
+        os.setpgid(pid, pid)  # as the worker does too: the group exists before we answer
+    except OSError:
+        pass
+    _children[pid] = False
+    _send(ctrl, FORKED, pid)
+    return pid
+
+
+def _become_worker(ctrl: socket.socket, wake_r: int, wake_w: int, fd: int) -> int:
+    os.setpgid(0, 0)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    ctrl.close()
+    os.close(wake_r)
+    os.close(wake_w)
+    return fd
+
+
+def _reap(ctrl: socket.socket) -> None:
+    """Report every acknowledged worker that has ended."""
+    for pid in [pid for pid, acked in _children.items() if acked]:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                continue
+        except ChildProcessError:
+            continue
+        # The leader is a zombie, so its pid (the group id) is not reused yet.
+        _kill_group(pid)
+        _, status = os.waitpid(pid, 0)
+        del _children[pid]
+        _send(ctrl, EXITED, pid, os.waitstatus_to_exitcode(status))
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _shutdown() -> NoReturn:
+    """The parent is gone or closing: no worker of ours may outlive us."""
+    import time; time.sleep(4)
+    os._exit(0)

@@ -1,0 +1,260 @@
+"""The fork-server start method, with real processes: workers forked from a
+template that imported ``preload`` once, and nothing left behind whoever dies."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import helpers
+import psutil
+import pytest
+import trio
+
+import procsup
+from procsup import WorkerCrashedError, WorkerStartError
+from procsup._forkserver import ForkServerSpawner
+from procsup._options import WorkerOptions
+from procsup._worker import supervise
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+ROOT = Path(__file__).parent.parent
+
+
+def _gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie has ended too)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def _wait_gone(pid: int, seconds: float = 5.0) -> None:
+    with trio.fail_after(seconds):
+        while not _gone(pid):
+            await trio.sleep(0.02)
+
+
+# -- where workers come from ---------------------------------------------------
+
+
+async def test_workers_are_forked_from_one_template_in_their_own_groups() -> None:
+    async with procsup.open_pool(idle=2, start_method="forkserver") as pool:
+        await pool.wait_warm()
+        async with pool.acquire() as w1, pool.acquire() as w2:
+            parents = {await w1.run(os.getppid), await w2.run(os.getppid)}
+            assert os.getpgid(w1.pid) == w1.pid
+            assert os.getpgid(w2.pid) == w2.pid
+        assert len(parents) == 1
+        template = psutil.Process(parents.pop())
+        assert template.ppid() == os.getpid()
+        assert "procsup._forkserver_child" in " ".join(template.cmdline())
+        assert os.getpgid(template.pid) == template.pid  # apart from the workers and us
+
+
+async def test_preloaded_modules_are_in_the_worker_and_trio_is_not() -> None:
+    async with procsup.open_worker(start_method="forkserver", preload=["colorsys", "fractions"]) as w:
+        modules = await w.run(helpers.modules_loaded)
+    assert "colorsys" in modules
+    assert "fractions" in modules
+    assert "trio" not in modules
+
+
+async def test_a_preload_module_that_fails_to_import_fails_the_start() -> None:
+    with pytest.raises(WorkerStartError) as info:
+        async with procsup.open_worker(start_method="forkserver", preload=["no_such_module_xyz"]):
+            pass
+    err = info.value
+    assert "no_such_module_xyz" in str(err)
+    assert err.remote_type == "ModuleNotFoundError"
+    assert "ModuleNotFoundError" in (err.remote_traceback or "")
+
+
+# -- behaves as exec does --------------------------------------------------------
+
+
+async def test_initializer_jobs_and_errors(start_method: str) -> None:
+    async with procsup.open_worker(
+        helpers.sleepy_init, start_method=start_method, max_jobs=None
+    ) as w:
+        state = await w.run(helpers.state)
+        assert state["pid"] == w.pid
+        assert await w.run(helpers.add, 2, 3) == 5
+        assert await w.run(helpers.async_double, 21) == 42
+        with pytest.raises(ValueError, match="bad input"):
+            await w.run(helpers.raise_value_error)
+        assert await w.run(helpers.getpid) == w.pid
+
+
+async def test_initializer_failure(start_method: str) -> None:
+    with pytest.raises(WorkerStartError) as info:
+        async with procsup.open_worker(helpers.raising_init, start_method=start_method):
+            pass
+    assert info.value.remote_type == "RuntimeError"
+    assert "model file missing" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("job", "arg", "exit_code", "signal_name"),
+    [(helpers.exit_now, 3, 3, None), (helpers.kill_self, signal.SIGKILL, None, "SIGKILL")],
+)
+async def test_a_worker_death_reports_its_exit(
+    start_method: str, job: object, arg: int, exit_code: int | None, signal_name: str | None
+) -> None:
+    async with procsup.open_worker(start_method=start_method) as w:
+        with pytest.raises(WorkerCrashedError) as info:
+            await w.run(job, arg)  # type: ignore[arg-type]
+    assert info.value.exit_code == exit_code
+    assert info.value.signal_name == signal_name
+
+
+async def test_closing_a_worker_kills_its_process_group(
+    start_method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pidfile = tmp_path / "grandchild.pid"
+    monkeypatch.setenv("PROCSUP_TEST_PIDFILE", str(pidfile))
+    async with procsup.open_worker(start_method=start_method, shutdown_timeout=0.2) as w:
+        with trio.move_on_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(w.run, helpers.spawn_grandchild_then_hang)
+                while not pidfile.exists() or not pidfile.read_text():
+                    await trio.sleep(0.02)
+                nursery.cancel_scope.cancel()
+    await _wait_gone(int(pidfile.read_text()), seconds=2)
+
+
+async def test_a_pool_of_forked_workers_runs_one_shot_jobs() -> None:
+    async with procsup.open_pool(idle=2, start_method="forkserver") as pool:
+        pids = set()
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(lambda: _collect(pool, pids))
+    assert len(pids) == 8  # max_jobs=1: a fresh worker per job
+
+
+async def _collect(pool: procsup.Pool, pids: set[int]) -> None:
+    pids.add(await pool.run(helpers.getpid))
+
+
+# -- deaths in any order -------------------------------------------------------------
+
+
+async def test_killing_the_template_kills_its_workers_and_a_new_one_starts() -> None:
+    opts = WorkerOptions(start_method="forkserver", max_jobs=None)
+    spawner = ForkServerSpawner()
+    try:
+        async with supervise(opts, spawner) as w:
+            first = spawner.template_pid
+            assert first is not None
+            assert await w.run(os.getppid) == first
+            os.kill(first, signal.SIGKILL)
+            with trio.fail_after(5):
+                await w.wait_exited()
+            assert w.returncode == -signal.SIGKILL  # the status died with the template
+        async with supervise(opts, spawner) as w:
+            second = await w.run(os.getppid)
+            assert second == spawner.template_pid
+            assert second != first
+    finally:
+        await spawner.aclose()
+    assert _gone(second)
+
+
+async def test_a_pool_recovers_when_its_template_is_killed() -> None:
+    async with procsup.open_pool(idle=1, start_method="forkserver", max_jobs=None) as pool:
+        first = await pool.run(os.getppid)
+        worker_pid = await pool.run(os.getpid)
+        os.kill(first, signal.SIGKILL)
+        await _wait_gone(worker_pid)
+        with trio.fail_after(10):
+            second = await pool.run(os.getppid)
+        assert second != first
+
+
+async def test_closing_the_spawner_stops_the_template() -> None:
+    spawner = ForkServerSpawner()
+    try:
+        async with supervise(WorkerOptions(start_method="forkserver"), spawner) as w:
+            template = spawner.template_pid
+            await w.run(helpers.noop)
+    finally:
+        await spawner.aclose()
+    assert template is not None
+    assert _gone(template)
+    with pytest.raises(WorkerStartError, match="closed"):
+        await spawner.spawn(0)
+
+
+_PARENT_SCRIPT = """
+import json, os, sys, trio, procsup
+
+async def main():
+    async with procsup.open_pool(idle=2, start_method="forkserver", max_jobs=None) as pool:
+        await pool.wait_warm()
+        async with pool.acquire() as a, pool.acquire() as b:
+            pids = [await a.run(os.getppid), a.pid, b.pid]
+            print(json.dumps(pids), flush=True)
+            await trio.sleep(3600)
+
+trio.run(main)
+"""
+
+
+@contextlib.contextmanager
+def _subreaper() -> Iterator[None]:
+    """Adopt orphaned descendants while inside, so the test can reap them."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_child_subreaper = 36
+    if prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
+        pytest.skip("PR_SET_CHILD_SUBREAPER is not available")
+    try:
+        yield
+    finally:
+        prctl(pr_set_child_subreaper, 0, 0, 0, 0)
+
+
+def _reaped_within(pids: list[int], seconds: float) -> list[int]:
+    """Reap the adopted ``pids`` as they end; return those still running."""
+    deadline = time.monotonic() + seconds
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        for pid in list(left):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not adopted (yet): look at it instead
+                done = pid if not psutil.pid_exists(pid) else 0
+            if done:
+                left.remove(pid)
+        time.sleep(0.02)
+    return left
+
+
+def test_sigkill_of_the_parent_leaves_no_template_or_worker() -> None:
+    with _subreaper():
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+        parent = subprocess.Popen(
+            [sys.executable, "-c", _PARENT_SCRIPT], stdout=subprocess.PIPE, env=env
+        )
+        try:
+            assert parent.stdout is not None
+            pids = json.loads(parent.stdout.readline())
+        finally:
+            parent.kill()
+            parent.wait()
+            if parent.stdout is not None:
+                parent.stdout.close()
+        left = _reaped_within(pids, seconds=2.0)
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        _reaped_within(left, seconds=5.0)
+    assert not left, f"still running 2 s after the parent's SIGKILL: {left}"
