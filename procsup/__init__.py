@@ -40,7 +40,7 @@ _EXPORTS = {
     "RemoteTraceback": "procsup._errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS]  # noqa: PLE0604 -- one list of names, kept in _EXPORTS
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ._wire import FROM_PARENT, HEADER, Kind, decode_body, encode, parse_header
 
-__all__ = ["in_worker", "main", "worker_state"]
+__all__ = ["importing_parent_main", "in_worker", "main", "worker_state"]
 
 _MAX_PENDING_LOGS = 10_000
 _NO_STATE = object()
@@ -128,10 +128,16 @@ class _Channel:
 _channel: _Channel | None = None
 
 
-def main(fd: int) -> None:
-    """Entry point of a worker process, on the inherited socketpair end ``fd``."""
+def main(fd: int, parent_main: str = "") -> None:
+    """Entry point of a worker process, on the inherited socketpair end ``fd``.
+
+    ``parent_main`` says where the parent's ``__main__`` comes from (see
+    :func:`procsup._spawn.parent_main_reference`).
+    """
     global _channel
     os.set_inheritable(fd, False)  # a job's own subprocesses must not hold it
+    if parent_main:
+        sys.modules["__main__"] = _ParentMain(parent_main)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _channel = channel = _Channel(fd)
@@ -148,6 +154,64 @@ def main(fd: int) -> None:
         except OSError:
             pass
     sys.exit(code)
+
+
+class _ParentMain(type(sys)):  # type: ignore[misc]
+    """Stands in for ``__main__``: the first name looked up that is not here
+    (a pickled ``__main__.job``) imports the parent's main module, as
+    ``__mp_main__`` so that its ``if __name__ == "__main__":`` block does not
+    run, and every lookup is then answered from it. Nothing is imported for
+    jobs and initializers that live in modules of their own."""
+
+    def __init__(self, reference: str) -> None:
+        super().__init__("__main__")
+        self._procsup_reference = reference
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(_import_parent_main(self._procsup_reference), name)
+
+
+_importing_parent_main = False
+
+
+def importing_parent_main() -> bool:
+    """True while a worker imports the parent's main module (which must not
+    start workers of its own: that is what its ``__main__`` guard is for)."""
+    return _importing_parent_main
+
+
+def _import_parent_main(reference: str) -> Any:
+    global _importing_parent_main
+    module = sys.modules.get("__mp_main__")
+    if module is not None:
+        return module
+    import importlib
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+
+    how, _, where = reference.partition(":")
+    _importing_parent_main = True
+    try:
+        if how == "module":
+            module = importlib.import_module(where)
+            sys.modules["__mp_main__"] = module
+            return module
+        spec = importlib.util.spec_from_loader(
+            "__mp_main__", SourceFileLoader("__mp_main__", where)
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["__mp_main__"] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules["__mp_main__"]
+            raise
+        return module
+    finally:
+        _importing_parent_main = False
 
 
 def _serve(channel: _Channel, inbox: SimpleQueue[tuple[int, tuple[Any, ...]]]) -> int:
@@ -265,7 +329,9 @@ def _resolve(spec: str) -> Callable[..., Any]:
 
 def _type_name(obj: object) -> str:
     cls = type(obj)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
 
 
 def _describe(exc: BaseException, *, with_traceback: bool = True) -> tuple[str, str, str, bytes]:
@@ -300,7 +366,7 @@ def _read_forever(channel: _Channel, inbox: SimpleQueue[tuple[int, tuple[Any, ..
                 _request_cancel()
             else:
                 inbox.put((kind, fields))
-    except BaseException:  # noqa: BLE001, S110 -- any failure here means the parent is gone
+    except BaseException:  # noqa: BLE001 -- any failure here means the parent is gone
         pass
     _orphaned()
 
@@ -319,7 +385,7 @@ def _request_cancel() -> None:
     if canceller is not None:
         try:
             canceller()
-        except Exception:  # noqa: BLE001, S110 -- the job finished meanwhile
+        except Exception:  # noqa: BLE001 -- the job finished meanwhile
             pass
 
 
@@ -392,7 +458,7 @@ class _ShipHandler:
 
 
 def _make_ship_handler(logging: Any) -> Any:
-    class ShipHandler(logging.Handler, _ShipHandler):  # type: ignore[misc,name-defined]
+    class ShipHandler(logging.Handler, _ShipHandler):  # type: ignore[misc]
         def emit(self, record: Any) -> None:
             channel = _channel
             if channel is None:

@@ -171,7 +171,10 @@ class Pool:
     """A pool of pre-warmed workers. Made by :func:`open_pool`."""
 
     def __init__(
-        self, options: PoolOptions, worker_options: WorkerOptions, spawner: Spawner,
+        self,
+        options: PoolOptions,
+        worker_options: WorkerOptions,
+        spawner: Spawner,
         nursery: trio.Nursery,
     ) -> None:
         self._options = options
@@ -278,7 +281,9 @@ class Pool:
         )
 
     @asynccontextmanager
-    async def events(self, buffer: int = _EVENT_BUFFER) -> AsyncIterator[trio.MemoryReceiveChannel[PoolEvent]]:
+    async def events(
+        self, buffer: int = _EVENT_BUFFER
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[PoolEvent]]:
         """Subscribe to lifecycle events: ``async with pool.events() as events:
         async for event in events: ...``.
 
@@ -320,9 +325,7 @@ class Pool:
                         f"{self._options.max_acquire_attempts})",
                         errors,
                     )
-        raise NoWorkerAvailableError(
-            f"no worker within acquire_timeout={timeout:g}s", errors
-        )
+        raise NoWorkerAvailableError(f"no worker within acquire_timeout={timeout:g}s", errors)
 
     async def _wait_one_attempt(self) -> tuple[_Member, Worker] | None:
         """Wait until a worker arrives (returned), or until a start failed and
@@ -542,8 +545,14 @@ class Pool:
         if self._closed:
             raise PoolClosedError("the pool is closed; open a new one with procsup.open_pool()")
 
-    def _emit(self, kind: str, pid: int | None, *, returncode: int | None = None,
-              error: BaseException | None = None) -> None:
+    def _emit(
+        self,
+        kind: str,
+        pid: int | None,
+        *,
+        returncode: int | None = None,
+        error: BaseException | None = None,
+    ) -> None:
         event = PoolEvent(kind, pid, trio.current_time(), returncode, error)
         level = EVENT_LEVELS[kind]
         if logger.isEnabledFor(level):

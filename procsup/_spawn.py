@@ -7,7 +7,6 @@ here without the supervisor changing.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import subprocess
@@ -16,10 +15,10 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["ChildProcess", "ExecSpawner", "Spawner", "kill_group"]
+__all__ = ["ChildProcess", "ExecSpawner", "Spawner", "kill_group", "parent_main_reference"]
 
 # Small enough to embed in argv; it runs before anything of procsup is imported.
-_BOOTSTRAP = "import sys;sys.path[:]={path!r};from procsup._child import main;main({fd})"
+_BOOTSTRAP = "import sys;sys.path[:]={path!r};from procsup._child import main;main({fd},{main!r})"
 
 
 class ChildProcess(Protocol):
@@ -54,6 +53,26 @@ def kill_group(pgid: int) -> None:
         pass
 
 
+def parent_main_reference() -> str:
+    """Where this process's ``__main__`` comes from, for a worker to import it
+    when it unpickles a job or initializer defined there: ``"module:NAME"``
+    (``python -m``), ``"file:PATH"`` (a script), or ``""`` (``-c``, a REPL).
+
+    Also lets results and exceptions of classes defined in ``__main__`` travel
+    back: the worker defines them in ``__mp_main__``, an alias here.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        return ""
+    sys.modules.setdefault("__mp_main__", main)
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name and name != "__main__":
+        return f"module:{name}"
+    path = getattr(main, "__file__", None)
+    return f"file:{os.path.abspath(path)}" if isinstance(path, str) else ""
+
+
 class ExecSpawner:
     """Starts each worker as a fresh ``sys.executable`` in its own process group.
 
@@ -65,17 +84,11 @@ class ExecSpawner:
         self.executable = executable or sys.executable
 
     async def spawn(self, fd: int) -> ChildProcess:
-        argv = [self.executable, "-c", _BOOTSTRAP.format(path=sys.path, fd=fd)]
-        popen = functools.partial(
-            subprocess.Popen,
-            argv,
-            pass_fds=(fd,),
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-        )
+        bootstrap = _BOOTSTRAP.format(path=sys.path, fd=fd, main=parent_main_reference())
+        argv = [self.executable, "-c", bootstrap]
         # Popen blocks until exec succeeds; keep that off the event loop. Not
         # abandonable: a process started by the thread must reach its owner.
-        return _ExecChild(await trio.to_thread.run_sync(popen))
+        return _ExecChild(await trio.to_thread.run_sync(_popen, argv, fd))
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -115,6 +128,10 @@ class _ExecChild:
             await trio.lowlevel.wait_readable(self._pidfd)
         else:  # no pidfd (macOS, old Linux): a thread blocks in waitid
             await trio.to_thread.run_sync(_waitid_nowait, self.pid, abandon_on_cancel=True)
+
+
+def _popen(argv: list[str], fd: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL, process_group=0)
 
 
 def _open_pidfd(pid: int) -> int | None:

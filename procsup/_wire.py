@@ -90,9 +90,12 @@ def encode(kind: int, *fields: Field) -> bytes:
         elif code == "f":
             parts.append(_FLOAT.pack(value))
         else:
-            data = value.encode("utf-8", "replace") if code == "s" else value
-            if not isinstance(data, (bytes, bytearray)):
-                raise TypeError(f"{NAMES[kind]}: expected bytes, got {type(value).__name__}")
+            if code == "s" and isinstance(value, str):
+                data = value.encode("utf-8", "replace")
+            elif code == "b" and isinstance(value, bytes):
+                data = value
+            else:
+                raise TypeError(f"{NAMES[kind]}: field {code!r} got {type(value).__name__}")
             parts.append(_LEN.pack(len(data)))
             parts.append(data)
     body = b"".join(parts)

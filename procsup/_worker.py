@@ -23,6 +23,7 @@ import trio
 from tricycle import BufferedReceiveStream, open_service_nursery
 
 from . import _wire
+from ._child import importing_parent_main
 from ._errors import (
     MemoryLimitError,
     ProtocolError,
@@ -154,7 +155,9 @@ class Worker:
                 await self._kill_and_reap()
                 job.result = outcome.Error(
                     WorkerCrashedError(
-                        "worker died before the job was sent", pid=self.pid, phase="idle",
+                        "worker died before the job was sent",
+                        pid=self.pid,
+                        phase="idle",
                         returncode=self._returncode,
                     )
                 )
@@ -233,7 +236,9 @@ class Worker:
         elif deadline.cancelled_caught:
             cause = None
             what = "initializer did not finish in time"
-            self._set_failure(WorkerStartError, what, setting=f"init_timeout={opts.init_timeout:g}s")
+            self._set_failure(
+                WorkerStartError, what, setting=f"init_timeout={opts.init_timeout:g}s"
+            )
         else:  # the process ended, or broke the protocol, before answering
             cause = self._failure
             what = cause.what if cause else "worker exited during initialization"
@@ -351,13 +356,16 @@ class Worker:
                 self.kill()
                 return
             now = trio.current_time()
-            if opts.memory_warn_mb is not None and mb > opts.memory_warn_mb:
-                if now - warned_at >= _MEMORY_WARN_EVERY:
-                    warned_at = now
-                    logger.warning(
-                        "worker pid=%d uses %.1f MiB (%s), over memory_warn_mb=%g",
-                        self.pid, mb, metric, opts.memory_warn_mb,
-                    )
+            warn = opts.memory_warn_mb
+            if warn is not None and mb > warn and now - warned_at >= _MEMORY_WARN_EVERY:
+                warned_at = now
+                logger.warning(
+                    "worker pid=%d uses %.1f MiB (%s), over memory_warn_mb=%g",
+                    self.pid,
+                    mb,
+                    metric,
+                    warn,
+                )
             await trio.sleep(opts.memory_interval)
 
     # -- internals -----------------------------------------------------------
@@ -372,7 +380,9 @@ class Worker:
                 "worker died while idle", pid=self.pid, phase="idle", returncode=self._returncode
             )
         raise WorkerClosedError(
-            "worker is retired and takes no more jobs", pid=self.pid, phase=self.phase,
+            "worker is retired and takes no more jobs",
+            pid=self.pid,
+            phase=self.phase,
             returncode=self._returncode,
         )
 
@@ -399,7 +409,9 @@ class Worker:
                 with trio.move_on_after(_REAP_DEADLINE):
                     await self._exited.wait()
                 if not self._exited.is_set():
-                    logger.error("worker pid=%d was not reaped %gs after SIGKILL", self.pid, _REAP_DEADLINE)
+                    logger.error(
+                        "worker pid=%d was not reaped %gs after SIGKILL", self.pid, _REAP_DEADLINE
+                    )
 
     async def _send(self, frame: bytes) -> None:
         async with self._send_lock:
@@ -412,7 +424,9 @@ class Worker:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await trio.lowlevel.checkpoint()
 
-    def _set_failure(self, cls: type[WorkerError], what: str, *, setting: str | None = None) -> WorkerError:
+    def _set_failure(
+        self, cls: type[WorkerError], what: str, *, setting: str | None = None
+    ) -> WorkerError:
         """Record why the worker is going away; the first reason wins."""
         if self._failure is None:
             self._failure = cls(what, pid=self.pid, phase=self._phase, setting=setting)
@@ -442,7 +456,9 @@ class Worker:
         self._pong.set()
 
     def _start_error(self, type_name: str, message: str, tb: str, data: bytes) -> WorkerStartError:
-        err = WorkerStartError(f"initializer raised {type_name}: {message}", pid=self.pid, phase="init")
+        err = WorkerStartError(
+            f"initializer raised {type_name}: {message}", pid=self.pid, phase="init"
+        )
         err.remote_type = type_name
         err.remote_traceback = tb
         err.__cause__ = RemoteTraceback(tb)
@@ -452,22 +468,38 @@ class Worker:
         if kind == Kind.RESULT:
             try:
                 return outcome.Value(pickle.loads(fields[1]))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 -- unpickling runs arbitrary code
                 return outcome.Error(
-                    SerializationError(f"the job's result could not be unpickled in the parent: {exc!r}")
+                    SerializationError(
+                        f"the job's result could not be unpickled in the parent: {exc!r}"
+                    )
                 )
         _, type_name, message, tb, data = fields
         return outcome.Error(_rebuild_exception(type_name, message, tb, data))
 
     def _log_record(
-        self, name: str, level: int, message: str, created: float, path: str,
-        line: int, func: str, exc_text: str,
+        self,
+        name: str,
+        level: int,
+        message: str,
+        created: float,
+        path: str,
+        line: int,
+        func: str,
+        exc_text: str,
     ) -> None:
         target = logging.getLogger(name)
         if not target.isEnabledFor(level):
             return
         record = target.makeRecord(
-            name, level, path, line, f"[worker pid={self.pid}] {message}", (), None, func,
+            name,
+            level,
+            path,
+            line,
+            f"[worker pid={self.pid}] {message}",
+            (),
+            None,
+            func,
             extra={"worker_pid": self.pid},
         )
         record.created = created
@@ -507,7 +539,7 @@ def _rebuild_exception(type_name: str, message: str, tb: str, data: bytes) -> Ba
     if data:
         try:
             exc = pickle.loads(data)
-        except Exception:
+        except Exception:  # noqa: BLE001 -- unpickling runs arbitrary code
             exc = None
     if not isinstance(exc, BaseException):
         exc = RemoteError(type_name, message, tb)
@@ -527,6 +559,12 @@ def _check_platform() -> None:
 def make_spawner(options: WorkerOptions) -> Spawner:
     """The spawner for ``options.start_method``."""
     _check_platform()
+    if importing_parent_main():
+        raise RuntimeError(
+            "a worker imported your main module to find a job defined in it, and the "
+            "module started workers while being imported: start them only under "
+            "'if __name__ == \"__main__\":'"
+        )
     if options.start_method == "forkserver":
         from ._forkserver import ForkServerSpawner
 

@@ -62,7 +62,8 @@ async def test_workers_are_forked_from_one_template_in_their_own_groups() -> Non
 
 
 async def test_preloaded_modules_are_in_the_worker_and_trio_is_not() -> None:
-    async with procsup.open_worker(start_method="forkserver", preload=["colorsys", "fractions"]) as w:
+    preload = ["colorsys", "fractions"]
+    async with procsup.open_worker(start_method="forkserver", preload=preload) as w:
         modules = await w.run(helpers.modules_loaded)
     assert "colorsys" in modules
     assert "fractions" in modules

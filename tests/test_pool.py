@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import time
+from contextlib import AsyncExitStack
 
 import helpers
 import psutil
@@ -38,7 +39,8 @@ async def test_run_uses_a_fresh_warm_worker_per_job() -> None:
 async def test_open_pool_returns_at_once_and_warms_in_background() -> None:
     async with procsup.open_pool(helpers.sleep_1s_init, idle=2) as pool:
         stats = pool.statistics()
-        assert stats.idle == 0 and stats.warming == 2
+        assert stats.idle == 0
+        assert stats.warming == 2
         await pool.wait_warm()
         stats = pool.statistics()
         assert (stats.idle, stats.warming, stats.starts, stats.health) == (2, 0, 2, "ok")
@@ -108,7 +110,7 @@ async def test_acquire_never_hangs_when_every_start_fails(
 
 async def test_acquire_timeout_bounds_the_wait() -> None:
     async with procsup.open_pool(helpers.hanging_init, idle=0, acquire_timeout=0.3) as pool:
-        with pytest.raises(procsup.NoWorkerAvailableError, match="acquire_timeout=0.3s"):
+        with pytest.raises(procsup.NoWorkerAvailableError, match=r"acquire_timeout=0\.3s"):
             await pool.run(helpers.noop)
 
 
@@ -140,7 +142,8 @@ async def test_cancelled_acquirers_never_lose_a_worker() -> None:
 
                 nursery.start_soon(acquirer)
         stats = pool.statistics()
-        assert stats.busy == 0 and stats.waiting == 0
+        assert stats.busy == 0
+        assert stats.waiting == 0
         assert stats.live <= 6
         assert stats.idle + stats.warming + stats.closing == stats.live
         results = [await pool.run(helpers.add, i, 1) for i in range(5)]
@@ -183,9 +186,9 @@ async def test_idle_target_follows_load() -> None:
         load = 0.9
         await _until(lambda: pool.statistics().target_idle == 0)
         # waiting acquirers still get starts when the target is 0
-        async with pool.acquire() as w1, pool.acquire() as w2, pool.acquire() as w3:
-            async with pool.acquire() as w4, pool.acquire() as w5:
-                assert len({w.pid for w in (w1, w2, w3, w4, w5)}) == 5
+        async with AsyncExitStack() as stack:
+            workers = [await stack.enter_async_context(pool.acquire()) for _ in range(5)]
+            assert len({w.pid for w in workers}) == 5
 
 
 async def test_busy_workers_do_not_count_towards_the_idle_target() -> None:
@@ -260,7 +263,8 @@ async def test_first_success_resets_the_backoff(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.delenv("PROCSUP_FLAKY")
         await _until(lambda: pool.statistics().idle == 1)
         stats = pool.statistics()
-        assert stats.health == "ok" and stats.consecutive_start_failures == 0
+        assert stats.health == "ok"
+        assert stats.consecutive_start_failures == 0
 
 
 @pytest.mark.parametrize("how", ["normally", "by an exception", "by cancellation"])
@@ -291,15 +295,17 @@ async def test_leaving_the_block_leaves_no_child(how: str) -> None:
 
 
 async def test_pool_close_wakes_waiters_with_pool_closed() -> None:
-    async with trio.open_nursery() as outer:
-        async with procsup.open_pool(helpers.hanging_init, idle=0, init_timeout=30) as pool:
+    async with (
+        trio.open_nursery() as outer,
+        procsup.open_pool(helpers.hanging_init, idle=0, init_timeout=30) as pool,
+    ):
 
-            async def waiter() -> None:
-                with pytest.raises(procsup.PoolClosedError):
-                    await pool.run(helpers.noop)
+        async def waiter() -> None:
+            with pytest.raises(procsup.PoolClosedError):
+                await pool.run(helpers.noop)
 
-            outer.start_soon(waiter)
-            await _until(lambda: pool.statistics().waiting == 1)
+        outer.start_soon(waiter)
+        await _until(lambda: pool.statistics().waiting == 1)
     assert not _children()
 
 
@@ -308,15 +314,17 @@ async def test_lifecycle_events_as_callback_and_async_iterator(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="procsup.pool")
     seen: list[str] = []
-    async with procsup.open_pool(idle=1, on_event=lambda e: seen.append(e.kind)) as pool:
-        async with pool.events() as events:
-            await pool.run(helpers.getpid)
-            kinds = []
-            async for event in events:
-                kinds.append(event.kind)
-                if event.kind == "exited":
-                    assert event.returncode == 0
-                    break
+    async with (
+        procsup.open_pool(idle=1, on_event=lambda e: seen.append(e.kind)) as pool,
+        pool.events() as events,
+    ):
+        await pool.run(helpers.getpid)
+        kinds = []
+        async for event in events:
+            kinds.append(event.kind)
+            if event.kind == "exited":
+                assert event.returncode == 0
+                break
     assert {"start", "ready", "job_started", "job_finished", "exited"} <= set(seen) | {"start"}
     assert "job_finished" in kinds
     assert any("job finished" in r.getMessage() for r in caplog.records)

@@ -39,7 +39,10 @@ async def test_seed_001_init_that_never_answers_is_killed_and_does_not_wedge(
             hung.append(event.pid)
 
     async with procsup.open_pool(
-        helpers.first_start_hangs_init, idle=1, max_concurrent_starts=1, init_timeout=0.5,
+        helpers.first_start_hangs_init,
+        idle=1,
+        max_concurrent_starts=1,
+        init_timeout=0.5,
         on_event=on_event,
     ) as pool:
         with trio.fail_after(30):
@@ -56,7 +59,7 @@ async def test_seed_002_acquisition_is_bounded_when_init_times_out() -> None:
     async with procsup.open_pool(
         helpers.hanging_init, idle=1, init_timeout=0.3, max_acquire_attempts=2
     ) as pool:
-        with pytest.raises(procsup.NoWorkerAvailableError, match="init_timeout=0.3s"):
+        with pytest.raises(procsup.NoWorkerAvailableError, match=r"init_timeout=0\.3s"):
             await pool.run(helpers.noop)
     assert trio.current_time() - start < 2 * 0.3 + 5
 
@@ -69,15 +72,14 @@ async def test_seed_003_a_running_job_holds_no_warming_lock() -> None:
         helpers.sleepy_init, idle=2, max_concurrent_starts=1, max_jobs=None
     ) as pool:
         await pool.wait_warm()
-        async with pool.acquire() as a, pool.acquire() as b:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(a.run, helpers.sleep_for, 30)
-                nursery.start_soon(b.run, helpers.sleep_for, 30)
-                with trio.fail_after(10):
-                    await pool.wait_warm()  # two more warmed behind the running jobs
-                stats = pool.statistics()
-                assert (stats.busy, stats.idle) == (2, 2)
-                nursery.cancel_scope.cancel()
+        async with pool.acquire() as a, pool.acquire() as b, trio.open_nursery() as nursery:
+            nursery.start_soon(a.run, helpers.sleep_for, 30)
+            nursery.start_soon(b.run, helpers.sleep_for, 30)
+            with trio.fail_after(10):
+                await pool.wait_warm()  # two more warmed behind the running jobs
+            stats = pool.statistics()
+            assert (stats.busy, stats.idle) == (2, 2)
+            nursery.cancel_scope.cancel()
 
 
 async def test_seed_004_idle_target_direction_and_busy_not_counted_as_idle() -> None:
@@ -85,7 +87,9 @@ async def test_seed_004_idle_target_direction_and_busy_not_counted_as_idle() -> 
     processes were counted as pending/idle so no replacement was warmed.
     Here full load means target 0, and busy workers never count."""
     load = 1.0
-    async with procsup.open_pool(idle=2, load=lambda: load, load_interval=0.02, max_jobs=None) as pool:
+    async with procsup.open_pool(
+        idle=2, load=lambda: load, load_interval=0.02, max_jobs=None
+    ) as pool:
         assert pool.statistics().target_idle == 0
         assert pool.statistics().warming == 0
         load = 0.0
