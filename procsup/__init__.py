@@ -7,7 +7,11 @@ This module only re-exports, and lazily: a worker process imports
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+# Not typing.TYPE_CHECKING: importing typing costs a worker ~9 ms at start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __version__ = "0.1.0"
 

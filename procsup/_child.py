@@ -14,13 +14,21 @@ only when a job or initializer is async. Three threads:
 from __future__ import annotations
 
 import os
-import signal
+
+# _signal, not signal: the public module imports enum, milliseconds at start.
+import _signal as signal  # type: ignore[import-not-found,unused-ignore]
 import sys
-import threading
-from collections import deque
-from collections.abc import Callable
-from queue import SimpleQueue
-from typing import Any
+
+# The C modules under threading, collections and queue: the public ones pull in
+# functools, collections and heapq, milliseconds of every worker's start.
+import _thread
+from _collections import deque  # type: ignore[import-not-found,unused-ignore]
+from _queue import SimpleQueue
+
+TYPE_CHECKING = False  # not typing's: importing typing costs the worker ~9 ms
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 from ._wire import FROM_PARENT, HEADER, Kind, decode_body, encode, parse_header
 
@@ -64,10 +72,9 @@ class _Channel:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.max_frame = 1 << 31
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._logs: deque[bytes] = deque()
-        self._wake = threading.Event()
-        self._writer: threading.Thread | None = None
+        self._wake: SimpleQueue[None] | None = None  # wakes the log writer thread
         self.dropped_logs = 0
 
     def send(self, frame: bytes) -> None:
@@ -81,21 +88,18 @@ class _Channel:
             self.dropped_logs += 1
             return
         self._logs.append(frame)
-        if self._writer is None:
-            self._writer = threading.Thread(
-                target=self._write_logs_forever, name="procsup-log-writer", daemon=True
-            )
-            self._writer.start()
-        self._wake.set()
+        if self._wake is None:
+            self._wake = SimpleQueue()
+            _thread.start_new_thread(self._write_logs_forever, (self._wake,))
+        self._wake.put(None)
 
     def flush(self) -> None:
         with self._lock:
             self._drain_logs()
 
-    def _write_logs_forever(self) -> None:
+    def _write_logs_forever(self, wake: SimpleQueue[None]) -> None:
         while True:
-            self._wake.wait()
-            self._wake.clear()
+            wake.get()
             try:
                 self.flush()
             except OSError:
@@ -126,6 +130,7 @@ class _Channel:
 
 
 _channel: _Channel | None = None
+_main_thread = 0
 
 
 def main(fd: int, parent_main: str = "") -> None:
@@ -141,8 +146,10 @@ def main(fd: int, parent_main: str = "") -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _channel = channel = _Channel(fd)
+    global _main_thread
+    _main_thread = _thread.get_ident()
     inbox: SimpleQueue[tuple[int, tuple[Any, ...]]] = SimpleQueue()
-    threading.Thread(target=_read_forever, args=(channel, inbox), daemon=True).start()
+    _thread.start_new_thread(_read_forever, (channel, inbox))
     _watch_logging_import()
     try:
         code = _serve(channel, inbox)
@@ -188,7 +195,6 @@ def _import_parent_main(reference: str) -> Any:
     if module is not None:
         return module
     import importlib
-    import importlib.util
     from importlib.machinery import SourceFileLoader
 
     how, _, where = reference.partition(":")
@@ -198,14 +204,11 @@ def _import_parent_main(reference: str) -> Any:
             module = importlib.import_module(where)
             sys.modules["__mp_main__"] = module
             return module
-        spec = importlib.util.spec_from_loader(
-            "__mp_main__", SourceFileLoader("__mp_main__", where)
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
+        module = type(sys)("__mp_main__")
+        module.__file__ = where
         sys.modules["__mp_main__"] = module
         try:
-            spec.loader.exec_module(module)
+            SourceFileLoader("__mp_main__", where).exec_module(module)
         except BaseException:
             del sys.modules["__mp_main__"]
             raise
@@ -264,22 +267,18 @@ def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
 def _result_frame(channel: _Channel, job_id: int, result: object) -> bytes:
     import pickle
 
-    from ._errors import SerializationError
-
     try:
         data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # noqa: BLE001 -- any pickling failure is reported the same way
-        err = SerializationError(
-            f"the job's result of type {_type_name(result)} could not be pickled: {exc}"
-        )
-        return encode(Kind.ERROR, job_id, *_describe(err, with_traceback=False))
-    if len(data) > channel.max_frame:
-        err = SerializationError(
-            f"the job's result of type {_type_name(result)} pickles to {len(data)} bytes, "
-            f"over max_message_bytes={channel.max_frame}"
-        )
-        return encode(Kind.ERROR, job_id, *_describe(err, with_traceback=False))
-    return encode(Kind.RESULT, job_id, data)
+        problem = f"could not be pickled: {exc}"
+    else:
+        if len(data) <= channel.max_frame:
+            return encode(Kind.RESULT, job_id, data)
+        problem = f"pickles to {len(data)} bytes, over max_message_bytes={channel.max_frame}"
+    from ._errors import SerializationError  # only now: it imports signal, and so enum
+
+    err = SerializationError(f"the job's result of type {_type_name(result)} {problem}")
+    return encode(Kind.ERROR, job_id, *_describe(err, with_traceback=False))
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -391,7 +390,7 @@ def _request_cancel() -> None:
 
 def _interrupt_main() -> None:
     # A real signal, so a blocking sleep or read in the job is interrupted too.
-    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+    signal.pthread_kill(_main_thread, signal.SIGTERM)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

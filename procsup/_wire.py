@@ -13,7 +13,10 @@ by the code that owns that job, never here.
 from __future__ import annotations
 
 import struct
-from typing import Final
+
+TYPE_CHECKING = False  # not typing's: the worker must not pay for importing it
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "DEFAULT_MAX_FRAME",

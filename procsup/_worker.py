@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 import outcome
 import trio
-from tricycle import BufferedReceiveStream, open_service_nursery
+from tricycle import open_service_nursery
 
 from . import _wire
+from ._channel import ParentChannel
 from ._child import importing_parent_main
 from ._errors import (
     MemoryLimitError,
@@ -67,9 +68,7 @@ class Worker:
     def __init__(self, options: WorkerOptions, process: ChildProcess, sock: socket.socket) -> None:
         self._options = options
         self._process = process
-        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        self._rx = BufferedReceiveStream(self._stream, chunk_size=65536)
-        self._send_lock = trio.StrictFIFOLock()
+        self._channel = ParentChannel(sock, options.max_message_bytes)
         self._phase = "init"
         self._jobs_done = 0
         self._retiring = False
@@ -150,7 +149,7 @@ class Worker:
         self._phase = "job"
         try:
             try:
-                await self._send(_wire.encode(Kind.JOB, job.id, payload))
+                self._channel.send_nowait(_wire.encode(Kind.JOB, job.id, payload))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._kill_and_reap()
                 job.result = outcome.Error(
@@ -194,7 +193,7 @@ class Worker:
             if self._phase != "job":
                 self._phase = "shutdown"
             with trio.move_on_after(self._options.shutdown_timeout):
-                await self._send_quietly(_wire.encode(Kind.STOP))
+                self._send_quietly(_wire.encode(Kind.STOP))
                 await self._exited.wait()
             if not self._exited.is_set():
                 self._set_failure(
@@ -223,7 +222,7 @@ class Worker:
             opts.max_message_bytes,
         )
         with trio.move_on_after(opts.init_timeout) as deadline:
-            await self._send_quietly(init)
+            self._send_quietly(init)
             await self._init_settled.wait()
         result = self._init_result
         if isinstance(result, outcome.Value):
@@ -263,13 +262,9 @@ class Worker:
     async def _read_forever(self) -> None:
         with self._reader_scope:
             try:
-                await self._read_frames()
+                await self._channel.receive_forever(self._dispatch)
             except _wire.FrameError as exc:
                 self._protocol_violation(str(exc))
-            except ValueError:  # tricycle: EOF inside a frame
-                self._protocol_violation("channel closed in the middle of a frame")
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
             finally:
                 self._reader_done.set()
             # EOF. A child that closes its channel yet keeps running is broken.
@@ -277,16 +272,6 @@ class Worker:
                 await self._exited.wait()
             if not self._exited.is_set():
                 self._protocol_violation("worker closed its channel but kept running")
-
-    async def _read_frames(self) -> None:
-        max_frame = self._options.max_message_bytes
-        while True:
-            header = await self._rx.receive_all_or_none(_wire.HEADER.size)
-            if header is None:
-                return
-            kind, size = _wire.parse_header(header, max_frame, _wire.FROM_CHILD)
-            body = await self._rx.receive_exactly(size) if size else b""
-            self._dispatch(kind, _wire.decode_body(kind, body))
 
     def _dispatch(self, kind: int, fields: tuple[Any, ...]) -> None:
         if kind == Kind.LOG:
@@ -323,7 +308,7 @@ class Worker:
             self._pong = trio.Event()
             self._ping_stamp = trio.current_time()
             with trio.move_on_after(opts.ping_timeout):
-                await self._send_quietly(_wire.encode(Kind.PING, self._ping_stamp))
+                self._send_quietly(_wire.encode(Kind.PING, self._ping_stamp))
                 await self._pong.wait()
             if not self._pong.is_set():
                 self._set_failure(
@@ -398,7 +383,7 @@ class Worker:
         self._retiring = True
         self._set_failure(WorkerClosedError, "job was cancelled by its caller")
         with trio.move_on_after(self._options.cancel_grace):
-            await self._send_quietly(_wire.encode(Kind.CANCEL, self._job.id if self._job else 0))
+            self._send_quietly(_wire.encode(Kind.CANCEL, self._job.id if self._job else 0))
             await self._exited.wait()
         await self._kill_and_reap()
 
@@ -413,16 +398,12 @@ class Worker:
                         "worker pid=%d was not reaped %gs after SIGKILL", self.pid, _REAP_DEADLINE
                     )
 
-    async def _send(self, frame: bytes) -> None:
-        async with self._send_lock:
-            await self._stream.send_all(frame)
-
-    async def _send_quietly(self, frame: bytes) -> None:
+    def _send_quietly(self, frame: bytes) -> None:
         """Send, ignoring a channel the child already closed (it is dying)."""
         try:
-            await self._send(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await trio.lowlevel.checkpoint()
+            self._channel.send_nowait(frame)
+        except trio.BrokenResourceError:
+            pass
 
     def _set_failure(
         self, cls: type[WorkerError], what: str, *, setting: str | None = None
@@ -601,7 +582,7 @@ async def supervise(
                 yield worker
     finally:
         with trio.CancelScope(shield=True):
-            await worker._stream.aclose()
+            worker._channel.close()
 
 
 @asynccontextmanager
@@ -614,11 +595,14 @@ async def _worker_tasks(worker: Worker, options: WorkerOptions) -> AsyncIterator
     async with open_service_nursery() as nursery:
         nursery.start_soon(worker._watch_exit)
         nursery.start_soon(worker._read_forever)
+        nursery.start_soon(worker._channel.flush_forever)
+        if options.memory_limit_mb is not None or options.memory_warn_mb is not None:
+            # From spawn: an initializer over the limit is a start failure (with
+            # backoff), not a warm worker killed at once and respawned forever.
+            nursery.start_soon(worker._sample_memory_forever)
         try:
             await worker._initialize()
             nursery.start_soon(worker._ping_forever)
-            if options.memory_limit_mb is not None or options.memory_warn_mb is not None:
-                nursery.start_soon(worker._sample_memory_forever)
             yield
         finally:
             with trio.CancelScope(shield=True):
