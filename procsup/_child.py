@@ -13,24 +13,21 @@ only when a job or initializer is async. Three threads:
 
 from __future__ import annotations
 
-import os
-
-# _signal, not signal: the public module imports enum, milliseconds at start.
+# Private C modules instead of signal, threading, collections and queue: the
+# public ones pull in enum, functools and heapq, milliseconds of every start.
 import _signal as signal  # type: ignore[import-not-found,unused-ignore]
-import sys
-
-# The C modules under threading, collections and queue: the public ones pull in
-# functools, collections and heapq, milliseconds of every worker's start.
 import _thread
+import os
+import sys
 from _collections import deque  # type: ignore[import-not-found,unused-ignore]
 from _queue import SimpleQueue
+
+from ._wire import FROM_PARENT, HEADER, Kind, decode_body, encode, parse_header
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the worker ~9 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
-
-from ._wire import FROM_PARENT, HEADER, Kind, decode_body, encode, parse_header
 
 __all__ = ["importing_parent_main", "in_worker", "main", "worker_state"]
 

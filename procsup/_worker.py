@@ -581,8 +581,7 @@ async def supervise(
             async with _worker_tasks(worker, options):
                 yield worker
     finally:
-        with trio.CancelScope(shield=True):
-            worker._channel.close()
+        worker._channel.close()
 
 
 @asynccontextmanager
