@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 
 class NotAvailable(Exception):
@@ -42,6 +42,7 @@ class JobBudget:
 
     def __init__(self, total: int, seconds: float) -> None:
         self.total = total
+        self.seconds = seconds
         self.deadline = time.perf_counter() + seconds
         self.issued = 0
         self.cut_short = False
@@ -69,7 +70,7 @@ def throughput_result(
         **latency_summary(latencies),
     }
     if budget.cut_short:
-        result["note"] = f"stopped after {len(pids)} jobs (time budget)"
+        result["note"] = f"the {budget.seconds:g} s budget ran out after {len(pids)} jobs"
     return result
 
 
@@ -90,7 +91,7 @@ def run_threaded_callers(
                 pid = call()
                 latencies.append(time.perf_counter() - start)
                 pids.append(pid)
-        except BaseException as exc:  # reported by the main thread
+        except BaseException as exc:  # noqa: BLE001 -- re-raised by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=caller, daemon=True) for _ in range(callers)]
@@ -100,7 +101,7 @@ def run_threaded_callers(
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - start
-    if errors:
+    if errors:  # a peer that breaks under the workload is reported, not crashed on
         raise NotAvailable(f"{type(errors[0]).__name__}: {errors[0]}")
     return throughput_result(pids, latencies, elapsed, budget)
 
@@ -149,18 +150,21 @@ def call_with_timeout(fn: Callable[[], object], seconds: float) -> bool:
 
 def leftover_workers() -> int:
     """Live (non-zombie) descendants, not counting the long-lived helpers that
-    multiprocessing and loky keep on purpose (resource tracker, fork server)."""
+    multiprocessing and loky keep on purpose: a resource tracker, or a fork
+    server that is our own child (the workers it forks do count)."""
     import psutil
 
+    me = os.getpid()
     count = 0
-    for child in psutil.Process().children(recursive=True):
+    for child in psutil.Process(me).children(recursive=True):
         try:
             if child.status() == psutil.STATUS_ZOMBIE:
                 continue
             cmdline = " ".join(child.cmdline())
+            parent = child.ppid()
         except psutil.Error:
             continue
-        if "resource_tracker" in cmdline or "forkserver" in cmdline:
+        if "resource_tracker" in cmdline or ("forkserver" in cmdline and parent == me):
             continue
         count += 1
     return count
@@ -178,7 +182,7 @@ def emit(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def emit_and_exit(result: dict[str, Any]) -> None:
+def emit_and_exit(result: dict[str, Any]) -> NoReturn:
     """Emit, kill every descendant and leave at once, skipping teardown and
     atexit hooks that may hang (a peer pool stuck on a hanging initializer)."""
     emit(result)

@@ -20,6 +20,15 @@ W1_PEERS = {
     "loky": "loky.ProcessPoolExecutor(1), a fresh one per job",
     "trio_parallel": "trio_parallel WorkerContext(retire=after 1 job), spawn",
 }
+W1_SHORT = {  # chart labels
+    "mp_fork": "mp.Pool fork",
+    "mp_forkserver": "mp.Pool forkserver",
+    "mp_spawn": "mp.Pool spawn",
+    "ppe_forkserver": "ProcessPoolExecutor forkserver",
+    "pebble": "pebble",
+    "loky": "loky (executor per job)",
+    "trio_parallel": "trio-parallel spawn",
+}
 W3_PEER_LABELS = {
     "mp_fork": "multiprocessing.Pool(2), fork",
     "ppe_forkserver": "ProcessPoolExecutor(2), forkserver",
@@ -38,15 +47,11 @@ class Case:
     run: Callable[[bool], dict[str, Any]]  # run(quick) -> figures
     timeout: float = 120.0  # the orchestrator kills the case after this
     concurrent: bool = False  # may run beside other such cases (W3 peers: mostly waiting)
+    script: str = "run.py"  # the script that runs it with --case NAME [--quick]
 
 
-def _floors(name: str) -> Callable[[bool], dict[str, Any]]:
-    def run(quick: bool) -> dict[str, Any]:
-        import floors
-
-        return getattr(floors, name)(quick)  # type: ignore[no-any-return]
-
-    return run
+def _floors(quick: bool) -> dict[str, Any]:
+    raise RuntimeError("floor cases run as floors.py --case NAME, in a bare interpreter")
 
 
 def _procsup(name: str, *args: Any, quick_arg: bool = True) -> Callable[[bool], dict[str, Any]]:
@@ -59,11 +64,12 @@ def _procsup(name: str, *args: Any, quick_arg: bool = True) -> Callable[[bool], 
     return run
 
 
-def _peer(name: str, *args: Any) -> Callable[[bool], dict[str, Any]]:
+def _peer(name: str, *args: Any, quick_arg: bool = True) -> Callable[[bool], dict[str, Any]]:
     def run(quick: bool) -> dict[str, Any]:
         import peers
 
-        return getattr(peers, name)(*args)  # type: ignore[no-any-return]
+        fn = getattr(peers, name)
+        return fn(*args, quick) if quick_arg else fn(*args)  # type: ignore[no-any-return]
 
     return run
 
@@ -114,9 +120,9 @@ def _w1_procsup(method: str) -> Callable[[bool], dict[str, Any]]:
 def all_cases() -> list[Case]:
     """Every case, in the order they run."""
     cases = [
-        Case("python_start", "floors", _floors("python_start")),
-        Case("fork_rate", "floors", _floors("fork_rate")),
-        Case("socketpair_rtt", "floors", _floors("socketpair_rtt")),
+        Case("python_start", "floors", _floors, script="floors.py"),
+        Case("fork_rate", "floors", _floors, script="floors.py"),
+        Case("socketpair_rtt", "floors", _floors, script="floors.py"),
         Case("worker_spawn", "worker", _procsup("worker_spawn")),
         Case("worker_rtt", "worker", _procsup("worker_rtt")),
     ]
@@ -139,20 +145,13 @@ def all_cases() -> list[Case]:
         for kind in ("oneshot", "reuse"):
             run = _procsup("w4_sequential", method, kind == "reuse")
             cases.append(Case(f"w4_procsup_{method}_{kind}", "w4", run))
-    cases.append(Case("w4_mp_fork_oneshot", "w4", _peer_quick("w4_mp_fork_oneshot")))
+    cases.append(Case("w4_mp_fork_oneshot", "w4", _peer("w4_mp_fork_oneshot")))
     for method in METHODS:
-        cases.append(Case(f"w5_procsup_{method}", "w5", _procsup("w5_memory", method, quick_arg=False)))
-    cases.append(Case("w5_mp_fork", "w5", _peer("w5_mp_fork")))
+        cases.append(
+            Case(f"w5_procsup_{method}", "w5", _procsup("w5_memory", method, quick_arg=False))
+        )
+    cases.append(Case("w5_mp_fork", "w5", _peer("w5_mp_fork", quick_arg=False)))
     return cases
-
-
-def _peer_quick(name: str) -> Callable[[bool], dict[str, Any]]:
-    def run(quick: bool) -> dict[str, Any]:
-        import peers
-
-        return getattr(peers, name)(quick)  # type: ignore[no-any-return]
-
-    return run
 
 
 # Cases whose figures the targets compare against: selecting the left one
@@ -186,5 +185,3 @@ def select(only: str | None) -> list[Case]:
     for name in list(wanted):
         wanted.update(REFERENCES.get(by_name[name].group, ()))
     return [case for case in cases if case.name in wanted]
-
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cases import METHODS, W1_PEERS
+from cases import METHODS, W1_SHORT
 from report import Results, problem
 
 
@@ -16,8 +16,14 @@ def _value(results: Results, name: str, key: str) -> float | None:
     return float(res[key])
 
 
-def _bars(ax: Any, items: list[tuple[str, float | None]], title: str, unit: str,
-          log: bool = False, procsup_color: str = "tab:blue") -> None:
+def _bars(
+    ax: Any,
+    items: list[tuple[str, float | None]],
+    title: str,
+    unit: str,
+    log: bool = False,
+    procsup_color: str = "tab:blue",
+) -> None:
     shown = [(label, v) for label, v in items if v is not None]
     ax.set_title(title, fontsize=10)
     if not shown:
@@ -44,8 +50,7 @@ def write_chart(results: Results, path: Path) -> None:
     (w1_ax, rtt_ax), (start_ax, mem_ax) = axes
 
     w1 = [(f"procsup {m}", _value(results, f"w1_procsup_{m}", "rate")) for m in METHODS]
-    w1 += [(label.split(",")[0][:34] + (", " + p.split("_")[-1] if p.startswith("mp_") else ""),
-            _value(results, f"w1_{p}", "rate")) for p, label in W1_PEERS.items()]
+    w1 += [(label, _value(results, f"w1_{p}", "rate")) for p, label in W1_SHORT.items()]
     _bars(w1_ax, w1, "W1: one-shot jobs/s (fresh process per job, 2 callers)", "jobs/s")
     fork = _value(results, "fork_rate", "rate")
     if fork is not None and w1_ax.axison:
@@ -71,8 +76,14 @@ def write_chart(results: Results, path: Path) -> None:
     starts += [(f"procsup W2 4 warm, {m}", _value(results, f"w2_{m}", "median")) for m in METHODS]
     starts = [(label, None if v is None else v * 1e3) for label, v in starts]
     _bars(start_ax, starts, "Starting workers (median)", "ms")
-    ideal = next((_value(results, f"w2_{m}", "ideal") for m in METHODS
-                  if _value(results, f"w2_{m}", "ideal") is not None), None)
+    ideal = next(
+        (
+            _value(results, f"w2_{m}", "ideal")
+            for m in METHODS
+            if _value(results, f"w2_{m}", "ideal") is not None
+        ),
+        None,
+    )
     if ideal is not None and start_ax.axison:
         start_ax.axvline(ideal * 1e3, color="tab:red", linestyle="--", label="W2 ideal")
         start_ax.legend(fontsize=7, loc="lower right")

@@ -1,23 +1,28 @@
 """A. Floors: what the OS and the interpreter cost on this machine, measured
-in the same run as everything else. Standard library only, and no threads
-in this process (the fork loop and the forked echo child stay clean)."""
+in the same run as everything else.
+
+Run as its own script (``floors.py --case NAME``) in a bare interpreter: not
+even ``threading`` is imported before a measurement, because its at-fork
+hook alone halves the fork rate. Helpers are imported after measuring.
+"""
 
 from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
-
-from _util import latency_summary, median
 
 MESSAGE = b"x" * 32  # a small frame, about the size of a trivial job
 
 
 def python_start(quick: bool) -> dict[str, Any]:
     """Wall time of ``python -c pass`` (this interpreter), median of 20."""
+    import subprocess
+
+    from _util import median
+
     n = 5 if quick else 20
     argv = [sys.executable, "-c", "pass"]
     for _ in range(2):  # warm the page cache
@@ -31,7 +36,8 @@ def python_start(quick: bool) -> dict[str, Any]:
 
 
 def fork_rate(quick: bool) -> dict[str, Any]:
-    """os.fork + os._exit + waitpid, one after another: forks per second."""
+    """os.fork + os._exit + waitpid, one after another, from a bare
+    interpreter: forks per second."""
     n = 100 if quick else 500
     start = time.perf_counter()
     for _ in range(n):
@@ -68,6 +74,8 @@ def socketpair_rtt(quick: bool) -> dict[str, Any]:
     finally:
         parent.close()
         os.waitpid(pid, 0)
+    from _util import latency_summary
+
     return latency_summary(latencies)
 
 
@@ -79,3 +87,11 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
             return b""
         data += chunk
     return data
+
+
+if __name__ == "__main__":
+    name = sys.argv[sys.argv.index("--case") + 1]
+    result = globals()[name]("--quick" in sys.argv)
+    from _util import emit
+
+    emit(result)

@@ -67,29 +67,34 @@ def _note(res: dict[str, Any]) -> str:
 def compare(
     measurement: str,
     res: dict[str, Any] | None,
-    value: Callable[[dict[str, Any]], float],
     shown: Callable[[dict[str, Any]], str],
     ref: dict[str, Any] | None,
-    ref_value: Callable[[dict[str, Any]], float],
     ref_label: Callable[[dict[str, Any]], str],
+    keys: tuple[str, str],
     target: str = "",
-    passes: Callable[[float], bool] | None = None,
+    limit: tuple[str, float] | None = None,
 ) -> Row:
-    """A row comparing ``value(res)`` with ``ref_value(ref)`` as a ratio,
-    judged by ``passes(ratio)`` when there is a target."""
+    """A row comparing ``res[keys[0]]`` with ``ref[keys[1]]`` as a ratio,
+    judged PASS when the ratio is ``limit`` = ("<=" or ">=", bound)."""
+    na = "n/a" if limit else ""
     why = problem(res)
     if why is not None or res is None:
-        return Row(measurement, why or "", target=target, verdict="n/a" if target else "")
+        return Row(measurement, why or "", target=target, verdict=na)
     result = shown(res) + _note(res)
     ref_why = problem(ref)
     if ref_why is not None or ref is None:
-        return Row(measurement, result, ref_why or "", target=target, verdict="n/a" if target else "")
-    ratio = value(res) / ref_value(ref)
-    verdict = ("PASS" if passes(ratio) else "MISS") if passes and target else ""
+        return Row(measurement, result, ref_why or "", target=target, verdict=na)
+    ratio = res[keys[0]] / ref[keys[1]]
+    verdict = ""
+    if limit is not None:
+        op, bound = limit
+        verdict = "PASS" if (ratio <= bound if op == "<=" else ratio >= bound) else "MISS"
     return Row(measurement, result, ref_label(ref), f"{ratio:.2f}x", target, verdict)
 
 
-def plain(measurement: str, res: dict[str, Any] | None, shown: Callable[[dict[str, Any]], str]) -> Row:
+def plain(
+    measurement: str, res: dict[str, Any] | None, shown: Callable[[dict[str, Any]], str]
+) -> Row:
     why = problem(res)
     if why is not None or res is None:
         return Row(measurement, why or "")
@@ -100,6 +105,10 @@ def _latency(res: dict[str, Any]) -> str:
     return f"p50 {fmt_time(res['p50'])}, p99 {fmt_time(res['p99'])} (n={res['n']})"
 
 
+def _median(res: dict[str, Any]) -> str:
+    return f"{fmt_time(res['median'])} (min {fmt_time(res['min'])}, n={res['n']})"
+
+
 def _throughput(res: dict[str, Any]) -> str:
     distinct = "all pids distinct" if res["distinct"] else "PIDS REPEAT"
     return (
@@ -108,43 +117,54 @@ def _throughput(res: dict[str, Any]) -> str:
     )
 
 
+def _memory(res: dict[str, Any]) -> str:
+    return f"RSS {res['rss']:.1f} / USS {res['uss']:.1f} / PSS {res['pss']:.1f} MiB"
+
+
+def _socketpair(res: dict[str, Any]) -> str:
+    return f"socketpair p50 {fmt_time(res['p50'])}"
+
+
 # -- sections --------------------------------------------------------------------
 
 
 def floors(r: Results) -> Section:
-    return Section(
-        "A. Floors (this machine, this run)",
-        [
-            plain("`python -c pass` start, median", r.get("python_start"),
-                  lambda x: f"{fmt_time(x['median'])} (min {fmt_time(x['min'])}, n={x['n']})"),
-            plain("fork + _exit + waitpid, in a loop", r.get("fork_rate"),
-                  lambda x: f"{fmt_rate(x['rate'])} (n={x['n']})"),
-            plain("socketpair ping-pong round trip (forked echo child)", r.get("socketpair_rtt"),
-                  _latency),
-        ],
-    )
+    rows = [
+        plain("`python -c pass` start, median", r.get("python_start"), _median),
+        plain(
+            "fork + _exit + waitpid in a loop, bare interpreter",
+            r.get("fork_rate"),
+            lambda x: f"{fmt_rate(x['rate'])} (n={x['n']})",
+        ),
+        plain("socketpair ping-pong with a forked echo child", r.get("socketpair_rtt"), _latency),
+    ]
+    return Section("A. Floors (this machine, this run)", rows)
 
 
 def worker(r: Results) -> Section:
-    return Section(
-        "B. procsup worker (issue 2)",
-        [
-            compare(
-                "open_worker() spawn-to-ready, no-op initializer, median", r.get("worker_spawn"),
-                lambda x: x["median"], lambda x: f"{fmt_time(x['median'])} (n={x['n']})",
-                r.get("python_start"), lambda x: x["median"],
-                lambda x: f"`python -c pass` {fmt_time(x['median'])}",
-                "<= 2x", lambda q: q <= 2.0,
-            ),
-            compare(
-                "warm worker.run(noop), max_jobs=None", r.get("worker_rtt"),
-                lambda x: x["p50"], _latency,
-                r.get("socketpair_rtt"), lambda x: x["p50"],
-                lambda x: f"socketpair p50 {fmt_time(x['p50'])}",
-                "p50 <= 3x", lambda q: q <= 3.0,
-            ),
-        ],
-    )
+    rows = [
+        compare(
+            "open_worker() spawn-to-ready, no-op initializer",
+            r.get("worker_spawn"),
+            _median,
+            r.get("python_start"),
+            lambda x: f"`python -c pass` {fmt_time(x['median'])}",
+            keys=("median", "median"),
+            target="<= 2x",
+            limit=("<=", 2.0),
+        ),
+        compare(
+            "warm worker.run(noop), max_jobs=None",
+            r.get("worker_rtt"),
+            _latency,
+            r.get("socketpair_rtt"),
+            _socketpair,
+            keys=("p50", "p50"),
+            target="p50 <= 3x",
+            limit=("<=", 3.0),
+        ),
+    ]
+    return Section("B. procsup worker (issue 2)", rows)
 
 
 def _best_peer(r: Results) -> dict[str, Any] | None:
@@ -158,32 +178,50 @@ def _best_peer(r: Results) -> dict[str, Any] | None:
 def pool(r: Results) -> Section:
     rows = []
     for method in METHODS:
-        rows.append(compare(
-            f"W2 warm 4 workers (150 ms CPU init each), {method}", r.get(f"w2_{method}"),
-            lambda x: x["median"], lambda x: f"{fmt_time(x['median'])} (median of {x['n']})",
-            r.get(f"w2_{method}"), lambda x: x["ideal"],
-            lambda x: f"ideal {fmt_time(x['ideal'])}",
-            "<= 1.15x", lambda q: q <= 1.15,
-        ))
+        w2 = r.get(f"w2_{method}")
+        rows.append(
+            compare(
+                f"W2 warm 4 workers (150 ms CPU init each), {method}",
+                w2,
+                _median,
+                w2,
+                lambda x: f"ideal {fmt_time(x['ideal'])}",
+                keys=("median", "ideal"),
+                target="<= 1.15x",
+                limit=("<=", 1.15),
+            )
+        )
     best = _best_peer(r)
     for method in METHODS:
         res = r.get(f"w1_procsup_{method}")
-        rows.append(compare(
-            f"W1 one-shot throughput, procsup {method}, 2 callers", res,
-            lambda x: x["rate"], _throughput,
-            best, lambda x: x["rate"], lambda x: f"best peer {fmt_rate(x['rate'])}: {x['label']}",
-            ">= 1.5x", lambda q: q >= 1.5,
-        ))
-        rows.append(compare(
-            f"W1 procsup {method} vs the fork floor", res,
-            lambda x: x["rate"], lambda x: fmt_rate(x["rate"]),
-            r.get("fork_rate"), lambda x: x["rate"],
-            lambda x: f"fork+exit+waitpid {fmt_rate(x['rate'])}",
-            ">= 0.5x", lambda q: q >= 0.5,
-        ))
+        rows.append(
+            compare(
+                f"W1 one-shot throughput, 2 callers, procsup {method}",
+                res,
+                _throughput,
+                best,
+                lambda x: f"best peer {fmt_rate(x['rate'])}: {x['label']}",
+                keys=("rate", "rate"),
+                target=">= 1.5x",
+                limit=(">=", 1.5),
+            )
+        )
+        rows.append(
+            compare(
+                f"W1 procsup {method} vs the fork floor",
+                res,
+                lambda x: fmt_rate(x["rate"]),
+                r.get("fork_rate"),
+                lambda x: f"fork+exit+waitpid {fmt_rate(x['rate'])}",
+                keys=("rate", "rate"),
+                target=">= 0.5x",
+                limit=(">=", 0.5),
+            )
+        )
         if problem(res) is None and res is not None and not res["distinct"]:
-            rows.append(Row(f"W1 procsup {method}: a fresh worker per job", "PIDS REPEAT",
-                            target="all distinct", verdict="MISS"))
+            rows.append(
+                Row(f"W1 procsup {method}: a fresh worker per job", "PIDS REPEAT", verdict="MISS")
+            )
     for peer, label in W1_PEERS.items():
         rows.append(plain(f"W1 peer: {label}", r.get(f"w1_{peer}"), _throughput))
     return Section("C. Pool (issue 3)", rows)
@@ -200,7 +238,7 @@ def _w3_result(res: dict[str, Any]) -> str:
     return text
 
 
-def _w3_procsup_row(mode: str, method: str, res: dict[str, Any] | None, label: str) -> Row:
+def _w3_procsup_row(mode: str, res: dict[str, Any] | None, label: str) -> Row:
     limit = W3_HANG_LIMIT if mode == "hang" else W3_FAST_LIMIT
     target = f"<= {limit:g} s, nothing left"
     why = problem(res)
@@ -215,52 +253,60 @@ def issue6(r: Results) -> Section:
     rows = []
     for mode in W3_MODES:
         for method in METHODS:
-            rows.append(_w3_procsup_row(
-                mode, method, r.get(f"w3_procsup_{method}_{mode}"),
-                f"W3 init {mode}s, procsup {method} (init_timeout=1, 3 attempts)",
-            ))
+            label = f"W3 init {mode}s, procsup {method} (init_timeout=1, 3 attempts)"
+            rows.append(_w3_procsup_row(mode, r.get(f"w3_procsup_{method}_{mode}"), label))
         if mode == "hang":
             for method in METHODS:
-                rows.append(_w3_procsup_row(
-                    mode, method, r.get(f"w3_procsup_{method}_hang_idle0"),
-                    f"W3 init hangs, procsup {method}, idle=0",
-                ))
+                label = f"W3 init hangs, procsup {method}, idle=0"
+                rows.append(_w3_procsup_row(mode, r.get(f"w3_procsup_{method}_hang_idle0"), label))
         for peer, label in W3_PEER_LABELS.items():
-            rows.append(plain(f"W3 init {mode}s, peer: {label}", r.get(f"w3_{peer}_{mode}"),
-                              _w3_result))
+            name = f"W3 init {mode}s, peer: {label}"
+            rows.append(plain(name, r.get(f"w3_{peer}_{mode}"), _w3_result))
     mp_oneshot = r.get("w4_mp_fork_oneshot")
     for method in METHODS:
-        rows.append(compare(
-            f"W4 100 sequential jobs, reuse (max_jobs=None), procsup {method}",
-            r.get(f"w4_procsup_{method}_reuse"), lambda x: x["p50"], _latency,
-            r.get("socketpair_rtt"), lambda x: x["p50"],
-            lambda x: f"socketpair p50 {fmt_time(x['p50'])}",
-            "p50 <= 2x", lambda q: q <= 2.0,
-        ))
-        rows.append(compare(
-            f"W4 100 sequential jobs, one-shot (max_jobs=1, idle=2), procsup {method}",
-            r.get(f"w4_procsup_{method}_oneshot"), lambda x: x["p50"], _latency,
-            mp_oneshot, lambda x: x["p50"],
-            lambda x: f"mp fork one-shot p50 {fmt_time(x['p50'])}",
-            "p50 <= 0.33x", lambda q: q <= 1 / 3,
-        ))
-    rows.append(plain("W4 peer: multiprocessing.Pool(2, maxtasksperchild=1), fork, one-shot",
-                      mp_oneshot, _latency))
+        rows.append(
+            compare(
+                f"W4 100 sequential jobs, reuse (max_jobs=None), procsup {method}",
+                r.get(f"w4_procsup_{method}_reuse"),
+                _latency,
+                r.get("socketpair_rtt"),
+                _socketpair,
+                keys=("p50", "p50"),
+                target="p50 <= 2x",
+                limit=("<=", 2.0),
+            )
+        )
+        rows.append(
+            compare(
+                f"W4 100 sequential jobs, one-shot (max_jobs=1, idle=2), procsup {method}",
+                r.get(f"w4_procsup_{method}_oneshot"),
+                _latency,
+                mp_oneshot,
+                lambda x: f"mp fork one-shot p50 {fmt_time(x['p50'])}",
+                keys=("p50", "p50"),
+                target="p50 <= 0.33x",
+                limit=("<=", 1 / 3),
+            )
+        )
+    label = "W4 peer: multiprocessing.Pool(2, maxtasksperchild=1), fork, one-shot"
+    rows.append(plain(label, mp_oneshot, _latency))
     mp_mem = r.get("w5_mp_fork")
     for method in METHODS:
-        rows.append(compare(
-            f"W5 idle warm worker memory, procsup {method}", r.get(f"w5_procsup_{method}"),
-            lambda x: x["uss"], _memory, mp_mem, lambda x: x["uss"],
-            lambda x: f"mp fork worker USS {x['uss']:.1f} MiB",
-            "USS <= 1x" if method == "forkserver" else "",
-            (lambda q: q <= 1.0) if method == "forkserver" else None,
-        ))
+        targeted = method == "forkserver"
+        rows.append(
+            compare(
+                f"W5 idle warm worker memory, procsup {method}",
+                r.get(f"w5_procsup_{method}"),
+                _memory,
+                mp_mem,
+                lambda x: f"mp fork worker USS {x['uss']:.1f} MiB",
+                keys=("uss", "uss"),
+                target="USS <= 1x" if targeted else "",
+                limit=("<=", 1.0) if targeted else None,
+            )
+        )
     rows.append(plain("W5 peer: multiprocessing fork worker", mp_mem, _memory))
     return Section("D. Start failures, sequential jobs, memory (issue 6)", rows)
-
-
-def _memory(res: dict[str, Any]) -> str:
-    return f"RSS {res['rss']:.1f} / USS {res['uss']:.1f} / PSS {res['pss']:.1f} MiB"
 
 
 def build(results: Results) -> list[Section]:

@@ -24,11 +24,7 @@ def load_small_primes():
 def count_primes(n):
     """The job: primes below ``n`` (``n`` up to 10**6), by trial division."""
     small = procsup.worker_state()
-    return sum(
-        1
-        for k in range(2, n)
-        if all(k % p for p in small if p * p <= k)
-    )
+    return sum(1 for k in range(2, n) if all(k % p for p in small if p * p <= k))
 
 
 async def handle(pool, stream):

@@ -21,7 +21,7 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -30,7 +30,16 @@ import trio
 from . import __version__
 from ._errors import NoWorkerAvailableError, WorkerCrashedError, WorkerError, WorkerStartError
 
-__all__ = ["main", "open_display", "run_job"]
+__all__ = [
+    "Display",
+    "Tally",
+    "count_records",
+    "error_fields",
+    "load_callable",
+    "main",
+    "open_display",
+    "run_job",
+]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 _PLAIN_EVERY = 2.0  # seconds between plain progress lines
@@ -206,7 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.handler(args))
-    except KeyboardInterrupt:  # Ctrl-C before (or after) trio took over SIGINT
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # Ctrl-C outside `run`'s own handling: trio raises it where it lands,
+        # possibly inside a nursery's group; the cleanup already ran.
+        if isinstance(exc, BaseExceptionGroup) and exc.split(KeyboardInterrupt)[1] is not None:
+            raise
         print("procsup: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
 
@@ -255,7 +268,7 @@ def error_fields(exc: BaseException) -> dict[str, Any]:
     return fields
 
 
-class _Tally:
+class Tally:
     """Counts of finished jobs, shared by the display and the summary."""
 
     def __init__(self, total: int | None) -> None:
@@ -276,11 +289,12 @@ class _Tally:
 class _PlainDisplay:
     """Progress as a plain line on stderr every few seconds and every 10%."""
 
-    def __init__(self, label: str, tally: _Tally, *, silent: bool = False) -> None:
+    def __init__(self, label: str, tally: Tally, *, silent: bool = False) -> None:
         self._label = label
         self._tally = tally
         self._silent = silent
         self._printed_done = -1
+        self._printed_at = -math.inf
         self._tenths = 0
 
     def set_total(self, total: int) -> None:
@@ -290,7 +304,8 @@ class _PlainDisplay:
         total = self._tally.total
         if total:
             tenths = self._tally.done * 10 // total
-            if tenths > self._tenths:
+            # every 10%, but not in a burst when jobs are quick
+            if tenths > self._tenths and time.monotonic() - self._printed_at >= 0.5:
                 self._tenths = tenths
                 self._line()
 
@@ -312,6 +327,7 @@ class _PlainDisplay:
     def _line(self) -> None:
         tally = self._tally
         self._printed_done = tally.done
+        self._printed_at = time.monotonic()
         if self._silent:
             return
         rate = tally.rate()
@@ -327,7 +343,7 @@ class _PlainDisplay:
 class _RichDisplay:
     """A live progress bar (rich) on a terminal."""
 
-    def __init__(self, label: str, tally: _Tally) -> None:
+    def __init__(self, label: str, tally: Tally) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -361,6 +377,7 @@ class _RichDisplay:
         self._progress.start()
 
     def set_total(self, total: int) -> None:
+        self._tally.total = total
         self._progress.update(self._task, total=total)
 
     def advance(self) -> None:
@@ -385,7 +402,7 @@ Display = _PlainDisplay | _RichDisplay
 
 
 @contextmanager
-def open_display(label: str, tally: _Tally, *, mode: str) -> Iterator[Display]:
+def open_display(label: str, tally: Tally, *, mode: str) -> Iterator[Display]:
     """Show progress: ``"live"``, a rich progress bar (plain lines if rich is
     not installed); ``"plain"``, periodic lines; ``"quiet"``, nothing."""
     display: Display
@@ -454,20 +471,25 @@ def _make_cwd_importable() -> None:
 
 
 class _RunConfig:
+    """The checked settings of one ``procsup run``."""
+
     def __init__(self, args: argparse.Namespace) -> None:
+        """Check ``args`` and import FUNC and ``--init`` here, before any
+        worker starts; raise :class:`UsageError` on the first problem."""
         self.concurrency: int = args.concurrency
         self.idle: int = args.concurrency if args.idle is None else args.idle
-        self.timeout: float | None = args.timeout
-        self.max_jobs: int | None = args.max_jobs_per_worker
-        self.memory_limit_mb: float | None = args.memory_limit_mb
-        self.quiet: bool = args.quiet
-        self.fn: Callable[..., Any] = print
-        self.init: Callable[..., Any] | None = None
         if self.idle > self.concurrency:
             raise UsageError(
                 f"--idle {self.idle} is more than --concurrency {self.concurrency}: "
                 "the pool never has more workers than --concurrency"
             )
+        self.timeout: float | None = args.timeout
+        self.max_jobs: int | None = args.max_jobs_per_worker
+        self.memory_limit_mb: float | None = args.memory_limit_mb
+        self.quiet: bool = args.quiet
+        _make_cwd_importable()
+        self.fn = load_callable(args.func, "MODULE:FUNC")
+        self.init = load_callable(args.init, "--init") if args.init else None
 
 
 class _Writer:
@@ -476,7 +498,7 @@ class _Writer:
 
     window = 10_000  # records that may wait for an earlier one; then reading pauses
 
-    def __init__(self, out: IO[str], display: Display, tally: _Tally, to_terminal: bool) -> None:
+    def __init__(self, out: IO[str], display: Display, tally: Tally, to_terminal: bool) -> None:
         self._out = out
         self._display = display
         self._tally = tally
@@ -629,7 +651,7 @@ class _Run:
                     self._everything.cancel()  # nobody reads the records any more
 
 
-async def _read_lines(fd: int) -> Any:
+async def _read_lines(fd: int) -> AsyncIterator[bytes]:
     """Yield the lines (bytes, without ``\\n``) read from ``fd``; a blocking
     read runs in a thread that is abandoned if we are cancelled."""
     buffer = bytearray()
@@ -677,10 +699,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _stdout_kept_for_records() if args.output == "-" else _no_stdout() as stdout:
         try:
             cfg = _RunConfig(args)
-            _make_cwd_importable()
-            cfg.fn = load_callable(args.func, "MODULE:FUNC")
-            if args.init:
-                cfg.init = load_callable(args.init, "--init")
             in_fd = _open_input(args.input)
         except UsageError as exc:
             print(f"procsup run: error: {exc}", file=sys.stderr)
@@ -738,7 +756,7 @@ def _open_input(path: str) -> int:
 
 def _run_and_report(cfg: _RunConfig, in_fd: int, out: IO[str], out_is_terminal: bool) -> int:
     _show_warnings_on_stderr()
-    tally = _Tally(total=None)
+    tally = Tally(total=None)
     mode = "quiet" if cfg.quiet else "live" if sys.stderr.isatty() else "plain"
     with open_display("procsup run", tally, mode=mode) as display:
         writer = _Writer(out, display, tally, to_terminal=out_is_terminal)
@@ -747,7 +765,7 @@ def _run_and_report(cfg: _RunConfig, in_fd: int, out: IO[str], out_is_terminal: 
     return _report(run, tally)
 
 
-def _report(run: _Run, tally: _Tally) -> int:
+def _report(run: _Run, tally: Tally) -> int:
     err = sys.stderr
     if run.start_error is not None:
         print(f"procsup run: no worker could start: {run.start_error}", file=err)

@@ -118,7 +118,9 @@ class WorkerError(ProcsupError):
         if self.returncode is not None:
             parts.append(describe_exit(self.returncode))
         if self.setting:
-            parts.append(f"{self.setting} elapsed")
+            # a timeout elapses; a limit (memory_limit_mb=...) is exceeded
+            verb = "elapsed" if "timeout" in self.setting else "exceeded"
+            parts.append(f"{self.setting} {verb}")
         return f"{self.what} ({', '.join(parts)})"
 
 

@@ -60,7 +60,9 @@ def check_initializer(initializer: object) -> bytes:
     if isinstance(initializer, str):
         module, sep, name = initializer.partition(":")
         if not sep or not module or not name:
-            raise ValueError(f"initializer string must look like 'module:function', got {initializer!r}")
+            raise ValueError(
+                f"initializer string must look like 'module:function', got {initializer!r}"
+            )
         try:
             found = importlib.util.find_spec(module)
         except (ImportError, ValueError) as exc:
@@ -106,7 +108,9 @@ class WorkerOptions:
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "initializer_payload", check_initializer(self.initializer))
         if self.start_method not in START_METHODS:
-            raise ValueError(f"start_method must be one of {START_METHODS}, got {self.start_method!r}")
+            raise ValueError(
+                f"start_method must be one of {START_METHODS}, got {self.start_method!r}"
+            )
         for name in self.preload:
             if not isinstance(name, str):
                 raise TypeError(f"preload must list module names, got {name!r}")

@@ -185,7 +185,8 @@ class Pool:
         self._members: dict[int, _Member] = {}
         self._counts: Counter[str] = Counter()
         self._seq = itertools.count(1)
-        self._in_flight: set[int] = set()
+        self._in_flight: set[int] = set()  # starts not yet settled
+        self._running: set[int] = set()  # of those, the ones holding a start slot
         self._ready_send, self._ready_recv = trio.open_memory_channel[_Member](math.inf)
         self._settled = MultiCancelScope()
         self._start_slots = trio.Semaphore(options.start_slots)
@@ -288,16 +289,16 @@ class Pool:
         async for event in events: ...``.
 
         The subscription never slows the pool: past ``buffer`` undelivered
-        events, new ones are dropped for this subscriber (and logged once).
+        events, new ones are dropped for this subscriber.
         """
         send, receive = trio.open_memory_channel[PoolEvent](buffer)
         self._subscribers.append(send)
         try:
-            async with receive:
-                yield receive
+            yield receive
         finally:
-            self._subscribers.remove(send)
+            self._subscribers.remove(send)  # first: the pool must not send to a closed one
             send.close()
+            receive.close()
 
     @property
     def closed(self) -> bool:
@@ -330,11 +331,15 @@ class Pool:
     async def _wait_one_attempt(self) -> tuple[_Member, Worker] | None:
         """Wait until a worker arrives (returned), or until a start failed and
         no start this attempt depends on is still in flight (None)."""
+        got = self._take_ready()
+        if got is not None:
+            self._rebalance()  # refill the idle target behind the one taken
+            return got
         self._waiting += 1
         failures_before = self._start_failures
         try:
             self._rebalance()
-            pending = set(self._in_flight)  # the starts this attempt depends on
+            pending = self._depended_on()
             while True:
                 got = self._take_ready()
                 if got is not None:
@@ -353,9 +358,14 @@ class Pool:
                 if self._start_failures > failures_before:
                     return None
                 self._rebalance()
-                pending = set(self._in_flight)
+                pending = self._depended_on()
         finally:
             self._waiting -= 1
+
+    def _depended_on(self) -> set[int]:
+        """The starts an attempt waits for: those warming now, not those
+        queued for a start slot (they would add a whole init_timeout)."""
+        return set(self._running) or set(self._in_flight)
 
     def _take_ready(self) -> tuple[_Member, Worker] | None:
         while True:
@@ -372,6 +382,7 @@ class Pool:
         if member.state != IDLE or worker is None or not worker.accepting_jobs:
             return None
         self._set_state(member, BUSY)
+        self._rebalance()  # a replacement starts warming now
         return member, worker
 
     def _release(self, member: _Member) -> None:
@@ -411,7 +422,7 @@ class Pool:
         capacity = math.inf
         if self._options.max_workers is not None:
             capacity = self._options.max_workers - sum(counts.values())
-        for_waiters = self._waiting - counts[WARMING]
+        for_waiters = self._waiting - counts[WARMING] - counts[IDLE]
         for_target = self._target_idle() - counts[IDLE] - max(counts[WARMING] - self._waiting, 0)
         if self._consecutive_failures:
             for_target = min(for_target, 1 - counts[WARMING])
@@ -433,7 +444,7 @@ class Pool:
         try:
             async with AsyncExitStack() as stack:
                 async with self._start_slots:
-                    self._starts += 1
+                    self._running.add(member.seq)
                     try:
                         worker = await stack.enter_async_context(
                             supervise(self._worker_options, self._spawner, self._spawned)
@@ -450,11 +461,13 @@ class Pool:
             self._gone(member)
 
     def _spawned(self, pid: int) -> None:
+        self._starts += 1  # a process exists (a failed spawn is only a start failure)
         self._emit("start", pid)
 
     def _ready(self, member: _Member, worker: Worker) -> None:
         member.worker = worker
         self._in_flight.discard(member.seq)
+        self._running.discard(member.seq)
         self._consecutive_failures = 0
         self._backoff_until = -math.inf
         self._set_state(member, IDLE)
@@ -463,6 +476,7 @@ class Pool:
 
     def _start_failed(self, member: _Member, exc: WorkerStartError) -> None:
         self._in_flight.discard(member.seq)
+        self._running.discard(member.seq)
         self._start_failures += 1
         self._consecutive_failures += 1
         self._last_start_error = exc
@@ -479,6 +493,7 @@ class Pool:
 
     def _gone(self, member: _Member) -> None:
         self._in_flight.discard(member.seq)
+        self._running.discard(member.seq)
         self._set_state(member, GONE)
         del self._members[member.seq]
         worker = member.worker
@@ -565,7 +580,7 @@ class Pool:
         for channel in self._subscribers:
             try:
                 channel.send_nowait(event)
-            except trio.WouldBlock:
+            except (trio.WouldBlock, trio.BrokenResourceError):  # full, or leaving events()
                 pass
 
     def _close(self) -> None:
