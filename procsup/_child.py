@@ -187,25 +187,30 @@ def importing_parent_main() -> bool:
 
 
 def _import_parent_main(reference: str) -> Any:
+    """Run the parent's main script or ``-m`` module as ``__mp_main__``, so
+    that its classes are the parent's ``__main__`` ones (aliased there)."""
     global _importing_parent_main
     module = sys.modules.get("__mp_main__")
     if module is not None:
         return module
-    import importlib
+    import importlib.util
     from importlib.machinery import SourceFileLoader
 
     how, _, where = reference.partition(":")
     _importing_parent_main = True
     try:
-        if how == "module":
-            module = importlib.import_module(where)
-            sys.modules["__mp_main__"] = module
-            return module
         module = type(sys)("__mp_main__")
-        module.__file__ = where
+        path = where
+        if how == "module":
+            spec = importlib.util.find_spec(where)
+            if spec is None or not spec.origin:
+                raise ImportError(f"cannot find the parent's main module {where!r}")
+            path = spec.origin
+            module.__package__ = where.rpartition(".")[0]
+        module.__file__ = path
         sys.modules["__mp_main__"] = module
         try:
-            SourceFileLoader("__mp_main__", where).exec_module(module)
+            SourceFileLoader("__mp_main__", path).exec_module(module)
         except BaseException:
             del sys.modules["__mp_main__"]
             raise

@@ -23,6 +23,10 @@ Contracts:
   group on EOF of its channel. A template that dies has its workers killed
   by the spawner, and the next spawn starts a new one, after a backoff when
   templates keep dying.
+* The template, so every worker, keeps the environment variables, working
+  directory and ``sys.path`` the parent had when the template started (at
+  the first spawn); exec workers take them at each spawn. Descriptors that
+  preloaded modules open are shared with every worker, as with any fork.
 * One background task per template reads its control socket. The Spawner
   protocol gives no nursery, so it is a trio *system* task; :meth:`aclose`
   ends it and waits for it, and it kills and reaps its template on the way
@@ -41,22 +45,21 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Sequence
-from functools import partial
 
 import trio
 
 from . import _forkserver_child as proto
 from ._backoff import backoff_delay
 from ._errors import WorkerStartError, describe_exit
-from ._spawn import ChildProcess, _ExecChild, _open_pidfd, kill_group
+from ._spawn import ChildProcess, _ExecChild, _open_pidfd, kill_group, parent_main_reference
 
 __all__ = ["ForkServerSpawner"]
 
 logger = logging.getLogger("procsup")
 
 _BOOTSTRAP = (
-    "import sys;sys.path[:]={path!r};from procsup._forkserver_child import serve;"
-    "fd=serve({fd},{preload!r});from procsup._child import main;main(fd)"
+    "import sys;sys.path[:]={path!r};from procsup._forkserver_child import serve,run_worker;"
+    "run_worker(serve({fd},{preload!r}),{main!r})"
 )
 # The template answers a fork in milliseconds; past this it is stuck and replaced.
 _REPLY_DEADLINE = 10.0
@@ -132,7 +135,7 @@ class ForkServerSpawner:
             )
             try:
                 template = await self._start()
-            except BaseException:
+            except (WorkerStartError, OSError):
                 self._failures += 1
                 raise
             self._template = template
@@ -141,14 +144,19 @@ class ForkServerSpawner:
     async def _start(self) -> _Template:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            code = _BOOTSTRAP.format(path=sys.path, fd=child_end.fileno(), preload=list(self.preload))
-            popen = partial(
-                subprocess.Popen,
-                [self.executable, "-c", code],
-                pass_fds=(child_end.fileno(),),
-                stdin=subprocess.DEVNULL,
-                process_group=0,
+            fd = child_end.fileno()
+            code = _BOOTSTRAP.format(
+                path=sys.path, fd=fd, preload=list(self.preload), main=parent_main_reference()
             )
+
+            def popen() -> subprocess.Popen[bytes]:
+                return subprocess.Popen(
+                    [self.executable, "-c", code],
+                    pass_fds=(fd,),
+                    stdin=subprocess.DEVNULL,
+                    process_group=0,
+                )
+
             # Not abandonable: a process started by the thread must reach its owner.
             process = await trio.to_thread.run_sync(popen)
         except BaseException:
@@ -158,7 +166,9 @@ class ForkServerSpawner:
             child_end.close()
         template = _Template(self, _ExecChild(process), trio.socket.from_stdlib_socket(parent_end))
         self._templates.add(template)
-        trio.lowlevel.spawn_system_task(template.serve, name=f"procsup fork server pid={template.pid}")
+        trio.lowlevel.spawn_system_task(
+            template.serve, name=f"procsup fork server pid={template.pid}"
+        )
         try:
             with trio.fail_after(self.start_timeout):
                 await template.started.wait()
@@ -181,7 +191,9 @@ class ForkServerSpawner:
 class _Template:
     """One template process, seen from the parent, and its workers."""
 
-    def __init__(self, spawner: ForkServerSpawner, process: _ExecChild, sock: trio.socket.SocketType) -> None:
+    def __init__(
+        self, spawner: ForkServerSpawner, process: _ExecChild, sock: trio.socket.SocketType
+    ) -> None:
         self._spawner = spawner
         self._process = process
         self._sock = sock
@@ -199,6 +211,7 @@ class _Template:
 
     def kill(self) -> None:
         """SIGKILL the template; :meth:`serve` then cleans up after it."""
+        self.alive = False  # the next spawn starts a new one
         self._process.kill()
 
     async def aclose(self) -> None:
@@ -214,7 +227,9 @@ class _Template:
                 await self._request(proto.FORK, fds=(fd,), reply=reply)
                 await reply.done.wait()
             if not reply.done.is_set():
-                logger.error("fork server pid=%d did not answer a fork request; killing it", self.pid)
+                logger.error(
+                    "fork server pid=%d did not answer a fork request; killing it", self.pid
+                )
                 self.kill()
                 raise WorkerStartError("the fork server did not answer", pid=None, phase="init")
             if reply.error is not None:
@@ -225,7 +240,7 @@ class _Template:
                 self._forget(child)
             else:
                 await self._request(proto.ACK, child.pid)
-            return child
+        return child
 
     async def _request(
         self, kind: int, pid: int = 0, *, fds: tuple[int, ...] = (), reply: _Reply | None = None
@@ -245,7 +260,7 @@ class _Template:
                     reply.fail(f"could not reach the fork server: {exc!r}")
 
     def _forget(self, child: _ForkChild) -> None:
-        """The template is gone and cannot report ``child``: kill it, settle it."""
+        """The template cannot report ``child`` any more: kill its group, settle it."""
         self._children.pop(child.pid, None)
         kill_group(child.pid)
         child._settle(None)
@@ -298,7 +313,9 @@ class _Template:
         if not self.started.is_set():
             rc = await self._reap()
             self.start_error = WorkerStartError(
-                f"the fork server exited during startup ({describe_exit(rc)})", pid=None, phase="init"
+                f"the fork server exited during startup ({describe_exit(rc)})",
+                pid=None,
+                phase="init",
             )
             self.started.set()
         while self._replies:
@@ -310,9 +327,10 @@ class _Template:
         self._ended.set()
 
     async def _reap(self) -> int:
+        """Wait for the template to exit, SIGKILL it after a grace, reap it."""
         with trio.move_on_after(_EXIT_GRACE):
-            return await self._process.wait()
-        self.kill()
+            await self._process.wait()
+        self.kill()  # a no-op once reaped
         return await self._process.wait()
 
 
@@ -355,11 +373,11 @@ class _ForkChild:
                 if not self._settled.is_set():
                     logger.error(
                         "fork server pid=%d did not report the end of worker pid=%d; killing it",
-                        self._template.pid, self.pid,
+                        self._template.pid,
+                        self.pid,
                     )
-                    kill_group(self.pid)
                     self._template.kill()
-                    self._settle(None)
+                    self._template._forget(self)  # its leader is still a zombie
                 os.close(self._pidfd)
                 self._pidfd = None
             self._returncode = -signal.SIGKILL if self._status is None else self._status

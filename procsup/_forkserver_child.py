@@ -34,7 +34,7 @@ import struct
 import sys
 from typing import NoReturn
 
-__all__ = ["MSG", "serve"]
+__all__ = ["MSG", "run_worker", "serve"]
 
 MSG = struct.Struct("!Bqq")
 # parent -> template
@@ -64,7 +64,7 @@ def serve(ctrl_fd: int, preload: list[str]) -> int:
     ctrl = socket.socket(fileno=ctrl_fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)  # one byte is news enough
     signal.signal(signal.SIGCHLD, _ignore)  # a Python handler, so wake_w is written
     _preload(ctrl, preload)
     _send(ctrl, READY, os.getpid())
@@ -94,6 +94,46 @@ def serve(ctrl_fd: int, preload: list[str]) -> int:
         _reap(ctrl)
 
 
+def run_worker(fd: int, parent_main: str = "") -> NoReturn:
+    """A forked worker's life: :func:`procsup._child.main`, then a quick exit.
+
+    As multiprocessing does for forked children: join non-daemon threads, run
+    ``atexit`` handlers, flush stdio, then ``os._exit`` -- skipping the
+    interpreter's module teardown, which costs a one-shot worker milliseconds.
+    """
+    from procsup._child import main
+
+    try:
+        main(fd, parent_main)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException:  # noqa: BLE001 -- reported as the interpreter would
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    try:
+        threading = sys.modules.get("threading")  # no module, no threads of its making
+        if threading is not None:
+            threading._shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    finally:
+        os._exit(code)
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
 def _ignore(signum: int, frame: object) -> None:
     pass
 
@@ -108,7 +148,8 @@ def _send(ctrl: socket.socket, kind: int, pid: int = 0, value: int = 0, text: by
 def _preload(ctrl: socket.socket, names: list[str]) -> None:
     import importlib
 
-    importlib.import_module("procsup._child")  # the worker's own code, imported once
+    for name in ("pickle", "procsup._child"):  # what every worker needs, imported once
+        importlib.import_module(name)
     for name in names:
         try:
             importlib.import_module(name)
@@ -177,5 +218,6 @@ def _kill_group(pgid: int) -> None:
 
 def _shutdown() -> NoReturn:
     """The parent is gone or closing: no worker of ours may outlive us."""
-    import time; time.sleep(4)
+    for pid in _children:
+        _kill_group(pid)
     os._exit(0)

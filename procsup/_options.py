@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,25 @@ import attrs
 __all__ = ["START_METHODS", "WorkerOptions", "check_initializer"]
 
 START_METHODS = ("exec", "forkserver")
+START_METHOD_ENV = "PROCSUP_START_METHOD"
+
+
+def default_start_method(*, pool: bool) -> str:
+    """The start method used when none is given.
+
+    ``$PROCSUP_START_METHOD`` if set; else ``"forkserver"`` for a pool on
+    Linux (one template, then a fork per worker: ~10x faster starts), and
+    ``"exec"`` for a single worker (a template would double its start) and on
+    other platforms (fork without exec is unsafe on macOS).
+    """
+    chosen = os.environ.get(START_METHOD_ENV)
+    if chosen:
+        if chosen not in START_METHODS:
+            raise ValueError(f"${START_METHOD_ENV} must be one of {START_METHODS}, got {chosen!r}")
+        return chosen
+    return "forkserver" if pool and sys.platform.startswith("linux") else "exec"
+
+
 Initializer = Callable[[], Any] | str | None
 
 

@@ -43,7 +43,7 @@ from ._errors import (
 )
 from ._events import EVENT_LEVELS, PoolEvent
 from ._load import idle_target
-from ._options import WorkerOptions, _count, _number
+from ._options import WorkerOptions, _count, _number, default_start_method
 from ._spawn import Spawner
 from ._util import collapse_single_group
 from ._worker import Worker, make_spawner, supervise
@@ -647,6 +647,7 @@ async def open_pool(
         load_threshold=load_threshold,
         **pool_extra,
     )
+    worker_options.setdefault("start_method", default_start_method(pool=True))
     wopts = WorkerOptions(initializer=initializer, init_timeout=init_timeout, **worker_options)
     spawner = make_spawner(wopts)
     try:

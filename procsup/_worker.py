@@ -38,7 +38,7 @@ from ._errors import (
     WorkerStartError,
     WorkerUnresponsiveError,
 )
-from ._options import WorkerOptions
+from ._options import WorkerOptions, default_start_method
 from ._spawn import ChildProcess, ExecSpawner, Spawner
 from ._util import collapse_single_group
 from ._wire import Kind
@@ -649,6 +649,7 @@ async def open_worker(
     Leaving the block stops the worker gracefully, then by SIGKILL of its
     process group after ``shutdown_timeout``, and always reaps it.
     """
+    options.setdefault("start_method", default_start_method(pool=False))
     opts = WorkerOptions(
         initializer=initializer,
         init_timeout=init_timeout,

@@ -52,6 +52,32 @@ def start_method(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["exec", "forkserver"])
+def each_start_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test once per start method, as the default one (the way
+    CPython's and pebble's suites run under every start method)."""
+    monkeypatch.setenv("PROCSUP_START_METHOD", str(request.param))
+    return str(request.param)
+
+
+def worker_pids() -> set[int]:
+    """Live procsup workers below this process (fork-server templates excluded)."""
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            # a template is our direct child; the workers it forks are its children
+            is_template = child.ppid() == os.getpid() and "_forkserver_child" in " ".join(
+                child.cmdline()
+            )
+        except psutil.Error:
+            continue
+        if not is_template:
+            pids.add(child.pid)
+    return pids
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves a child process or a file descriptor open."""

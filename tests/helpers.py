@@ -182,8 +182,8 @@ def allocating_init() -> bytearray:
 
 
 def flaky_init() -> str:
-    """Fails while the parent's PROCSUP_FLAKY was set when this worker started."""
-    if os.environ.get("PROCSUP_FLAKY") == "fail":
+    """Fails while the file named by $PROCSUP_FLAKY exists."""
+    if os.path.exists(os.environ["PROCSUP_FLAKY"]):
         raise RuntimeError("flaky dependency unavailable")
     return "ok"
 

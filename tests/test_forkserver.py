@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import helpers
@@ -20,6 +20,7 @@ import pytest
 import trio
 
 import procsup
+import procsup._forkserver
 from procsup import WorkerCrashedError, WorkerStartError
 from procsup._forkserver import ForkServerSpawner
 from procsup._options import WorkerOptions
@@ -48,12 +49,12 @@ async def _wait_gone(pid: int, seconds: float = 5.0) -> None:
 
 
 async def test_workers_are_forked_from_one_template_in_their_own_groups() -> None:
-    async with procsup.open_pool(idle=2, start_method="forkserver") as pool:
+    async with procsup.open_pool(idle=2, start_method="forkserver", max_jobs=None) as pool:
         await pool.wait_warm()
         async with pool.acquire() as w1, pool.acquire() as w2:
-            parents = {await w1.run(os.getppid), await w2.run(os.getppid)}
             assert os.getpgid(w1.pid) == w1.pid
             assert os.getpgid(w2.pid) == w2.pid
+            parents = {await w1.run(os.getppid), await w2.run(os.getppid)}
         assert len(parents) == 1
         template = psutil.Process(parents.pop())
         assert template.ppid() == os.getpid()
@@ -78,6 +79,41 @@ async def test_a_preload_module_that_fails_to_import_fails_the_start() -> None:
     assert "no_such_module_xyz" in str(err)
     assert err.remote_type == "ModuleNotFoundError"
     assert "ModuleNotFoundError" in (err.remote_traceback or "")
+
+
+async def test_a_preload_module_that_exits_fails_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "exits_on_import.py").write_text("import os\nos._exit(5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(WorkerStartError, match="exit code 5"):
+        async with procsup.open_worker(start_method="forkserver", preload=["exits_on_import"]):
+            pass
+
+
+async def test_a_slow_preload_is_bounded_and_cancellable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "slow_import.py").write_text("import time\ntime.sleep(30)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spawner = ForkServerSpawner(preload=["slow_import"], start_timeout=0.3)
+    try:
+        with pytest.raises(WorkerStartError, match=r"start_timeout=0\.3s"):
+            await spawner.spawn(0)
+        with trio.move_on_after(0.3) as scope:
+            await spawner.spawn(0)
+        assert scope.cancelled_caught
+    finally:
+        await spawner.aclose()
+
+
+async def test_a_forked_worker_holds_no_more_descriptors_than_an_exec_one() -> None:
+    counts = {}
+    for method in ("exec", "forkserver"):
+        async with procsup.open_pool(idle=2, start_method=method) as pool:
+            await pool.wait_warm()  # two workers: neither may hold the other's channel
+            counts[method] = len(await pool.run(os.listdir, "/proc/self/fd"))
+    assert counts["forkserver"] == counts["exec"]
 
 
 # -- behaves as exec does --------------------------------------------------------
@@ -105,15 +141,23 @@ async def test_initializer_failure(start_method: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("job", "arg", "exit_code", "signal_name"),
-    [(helpers.exit_now, 3, 3, None), (helpers.kill_self, signal.SIGKILL, None, "SIGKILL")],
+    ("job", "args", "exit_code", "signal_name"),
+    [
+        (helpers.exit_now, (3,), 3, None),
+        (helpers.log_then_exit, (), 0, None),  # sys.exit() in a job
+        (helpers.kill_self, (signal.SIGKILL,), None, "SIGKILL"),
+    ],
 )
 async def test_a_worker_death_reports_its_exit(
-    start_method: str, job: object, arg: int, exit_code: int | None, signal_name: str | None
+    start_method: str,
+    job: Callable[..., object],
+    args: tuple[object, ...],
+    exit_code: int | None,
+    signal_name: str | None,
 ) -> None:
     async with procsup.open_worker(start_method=start_method) as w:
         with pytest.raises(WorkerCrashedError) as info:
-            await w.run(job, arg)  # type: ignore[arg-type]
+            await w.run(job, *args)
     assert info.value.exit_code == exit_code
     assert info.value.signal_name == signal_name
 
@@ -179,6 +223,26 @@ async def test_a_pool_recovers_when_its_template_is_killed() -> None:
         with trio.fail_after(10):
             second = await pool.run(os.getppid)
         assert second != first
+
+
+async def test_a_stuck_template_is_replaced_when_it_does_not_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(procsup._forkserver, "_REPORT_DEADLINE", 0.3)
+    opts = WorkerOptions(start_method="forkserver")
+    spawner = ForkServerSpawner()
+    try:
+        async with supervise(opts, spawner) as w:
+            template = spawner.template_pid
+            assert template is not None
+            os.kill(template, signal.SIGSTOP)
+            with pytest.raises(WorkerCrashedError) as info:
+                await w.run(helpers.exit_now, 3)
+        assert info.value.signal_name == "SIGKILL"  # the status was lost with the template
+        async with supervise(opts, spawner) as w:
+            assert await w.run(os.getppid) != template
+    finally:
+        await spawner.aclose()
 
 
 async def test_closing_the_spawner_stops_the_template() -> None:

@@ -7,14 +7,18 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 from contextlib import AsyncExitStack
 
 import helpers
+from conftest import worker_pids
 import psutil
 import pytest
 import trio
 
 import procsup
+
+pytestmark = pytest.mark.usefixtures("each_start_method")
 
 
 def _children() -> set[int]:
@@ -149,14 +153,13 @@ async def test_cancelled_acquirers_never_lose_a_worker() -> None:
         results = [await pool.run(helpers.add, i, 1) for i in range(5)]
         assert results == [1, 2, 3, 4, 5]
         await pool.wait_warm()
-        live = {p for p in _children() if psutil.Process(p).status() != "zombie"}
-        assert len(live) == pool.statistics().live
+        assert len(worker_pids()) == pool.statistics().live
 
 
 async def test_dead_idle_workers_are_replaced_and_never_handed_out() -> None:
     async with procsup.open_pool(idle=3) as pool:
         await pool.wait_warm()
-        victims = _children()
+        victims = worker_pids()
         async with pool.events() as events:
             for pid in victims:
                 os.kill(pid, signal.SIGKILL)
@@ -253,14 +256,18 @@ async def test_crash_loop_backs_off(caplog: pytest.LogCaptureFixture) -> None:
     assert parent_cpu < 5.0  # not spinning
 
 
-async def test_first_success_resets_the_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROCSUP_FLAKY", "fail")
+async def test_first_success_resets_the_backoff(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    outage = tmp_path / "outage"
+    outage.touch()
+    monkeypatch.setenv("PROCSUP_FLAKY", str(outage))
     async with procsup.open_pool(
         helpers.flaky_init, idle=1, backoff_base=0.05, backoff_cap=0.2
     ) as pool:
         await _until(lambda: pool.statistics().start_failures >= 2)
         assert pool.statistics().health == "degraded"
-        monkeypatch.delenv("PROCSUP_FLAKY")
+        outage.unlink()
         await _until(lambda: pool.statistics().idle == 1)
         stats = pool.statistics()
         assert stats.health == "ok"

@@ -12,6 +12,8 @@ import trio
 
 import procsup
 
+pytestmark = pytest.mark.usefixtures("each_start_method")
+
 
 async def test_seed_000_job_does_not_hang_when_every_initialization_fails() -> None:
     """Seed 000: when every spawn failed, the job waited forever on the warmed
