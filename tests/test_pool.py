@@ -7,14 +7,14 @@ import os
 import random
 import signal
 import time
-from pathlib import Path
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import helpers
-from conftest import worker_pids
 import psutil
 import pytest
 import trio
+from conftest import worker_pids
 
 import procsup
 
