@@ -107,9 +107,11 @@ class _Channel:
             self._write(self._logs.popleft())
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        written = os.write(self.fd, data)
+        if written < len(data):  # a large frame: the rest in as many writes as it takes
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(self.fd, view) :]
 
     def read_exact(self, size: int) -> bytes | None:
         """Read ``size`` bytes; None on a clean EOF before the first byte."""

@@ -81,9 +81,18 @@ FROM_CHILD: Final = frozenset(SCHEMAS) - FROM_PARENT
 NAMES: Final = {v: k for k, v in vars(Kind).items() if isinstance(v, int)}
 
 
+# JOB and RESULT (id, payload) are every job's round trip: one pack each way.
+_ID_PAYLOAD = struct.Struct("!qI")
+
+
 def encode(kind: int, *fields: Field) -> bytes:
     """Build one frame. Fields must match the kind's schema."""
     schema = SCHEMAS[kind]
+    if schema == "ib" and len(fields) == 2:
+        job_id, payload = fields
+        if isinstance(job_id, int) and isinstance(payload, bytes):
+            head = HEADER.pack(_ID_PAYLOAD.size + len(payload), kind)
+            return head + _ID_PAYLOAD.pack(job_id, len(payload)) + payload
     if len(fields) != len(schema):
         raise TypeError(f"{NAMES[kind]} takes {len(schema)} fields, got {len(fields)}")
     parts: list[bytes] = []
@@ -120,6 +129,11 @@ def parse_header(
 
 def decode_body(kind: int, body: bytes | bytearray | memoryview) -> tuple[Field, ...]:
     """Decode a body strictly against its kind's schema."""
+    if SCHEMAS[kind] == "ib" and len(body) >= _ID_PAYLOAD.size:
+        job_id, size = _ID_PAYLOAD.unpack_from(body)
+        if _ID_PAYLOAD.size + size != len(body):
+            raise FrameError(f"{NAMES[kind]}: payload length does not match the frame")
+        return job_id, bytes(body[_ID_PAYLOAD.size :])
     view = memoryview(body)
     pos = 0
     out: list[Field] = []
