@@ -3,6 +3,7 @@ process counting. Imported only inside case processes."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import threading
@@ -31,6 +32,17 @@ def median(values: Sequence[float]) -> float:
 def latency_summary(latencies: Sequence[float]) -> dict[str, float]:
     """p50, p99 and the count of per-call latencies (seconds)."""
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "n": len(latencies)}
+
+
+def max_overtaking(order: Sequence[int]) -> int:
+    """The most tickets greater than a ticket that come before it in ``order``:
+    how many acquirers that began waiting later got a worker earlier."""
+    seen: list[int] = []
+    worst = 0
+    for ticket in order:
+        worst = max(worst, len(seen) - bisect.bisect(seen, ticket))
+        bisect.insort(seen, ticket)
+    return worst
 
 
 class JobBudget:

@@ -36,8 +36,17 @@ W3_PEER_LABELS = {
     "loky": "loky.ProcessPoolExecutor(2)",
     "trio_parallel": "trio_parallel WorkerContext, spawn",
 }
-GROUPS = ("floors", "worker", "w1", "w2", "w3", "w4", "w5")
-ALIASES = {"pool": ("w1", "w2"), "issue6": ("w3", "w4", "w5"), "all": GROUPS}
+LOAD_TASKS = 200  # concurrent acquirers
+LOAD_JOBS = 2000
+LOAD_POOL = 8  # idle = max_workers: every acquirer beyond it waits
+LOAD_LAG_LIMIT = 0.05  # seconds of event-loop lag at p99
+GROUPS = ("floors", "worker", "w1", "w2", "w3", "w4", "w5", "load")
+ALIASES = {
+    "pool": ("w1", "w2"),
+    "issue5": ("load",),
+    "issue6": ("w3", "w4", "w5"),
+    "all": GROUPS,
+}
 
 
 @attrs.frozen
@@ -151,6 +160,8 @@ def all_cases() -> list[Case]:
             Case(f"w5_procsup_{method}", "w5", _procsup("w5_memory", method, quick_arg=False))
         )
     cases.append(Case("w5_mp_fork", "w5", _peer("w5_mp_fork", quick_arg=False)))
+    run = _procsup("load_fairness", LOAD_TASKS, LOAD_JOBS, LOAD_POOL)
+    cases.append(Case("load_procsup", "load", run, 60.0))
     return cases
 
 

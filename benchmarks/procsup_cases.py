@@ -1,7 +1,8 @@
-"""B, C, D: procsup's own figures, for either start method."""
+"""B, C, D, E: procsup's own figures, for either start method."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Any
@@ -13,12 +14,15 @@ from _util import (
     NotAvailable,
     latency_summary,
     live_children,
+    max_overtaking,
     median,
+    percentile,
     pid_exists,
     throughput_result,
 )
 
 import procsup
+from procsup._options import default_start_method
 
 MIB = 1024 * 1024
 W1_IDLE = 4  # open_pool's default
@@ -26,6 +30,8 @@ W3_INIT_TIMEOUT = 1.0
 W3_ATTEMPTS = 3
 W3_GIVE_UP = 30.0  # a procsup hang is reported, not waited out
 W4_IDLE = 2
+LOAD_BUDGET = 20.0  # seconds: the acquirers stop taking jobs after this
+LAG_TICK = 0.001  # the lag watcher's sleep: short, so a 0.3 s run gives ~200 samples
 FAILING_INITS = {"raise": jobs.raising_init, "exit": jobs.exiting_init, "hang": jobs.hanging_init}
 
 
@@ -224,3 +230,62 @@ def w5_memory(method: str) -> dict[str, Any]:
 
     info = trio.run(main)
     return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB}
+
+
+# -- E: load ----------------------------------------------------------------------
+
+
+def load_fairness(tasks: int, total: int, size: int, quick: bool) -> dict[str, Any]:
+    """``tasks`` acquirers share ``total`` noop jobs on a warm pool of ``size``
+    reused workers (default start method): throughput, acquire waits, FIFO
+    overtaking, and the lag of the parent's event loop meanwhile."""
+    total = total // 5 if quick else total
+    tickets = itertools.count()  # taken when an acquirer starts waiting
+    order: list[int] = []  # the tickets, in the order their acquires returned
+    waits: list[float] = []
+    lags: list[float] = []
+
+    async def acquirer(pool: procsup.Pool, budget: JobBudget) -> None:
+        while budget.take():
+            ticket = next(tickets)
+            start = time.perf_counter()
+            async with pool.acquire() as worker:
+                waits.append(time.perf_counter() - start)
+                order.append(ticket)
+                await worker.run(jobs.noop)
+
+    async def watch_lag() -> None:
+        while True:
+            start = trio.current_time()
+            await trio.sleep(LAG_TICK)
+            lags.append(trio.current_time() - start - LAG_TICK)
+
+    async def main() -> dict[str, Any]:
+        async with procsup.open_pool(idle=size, max_workers=size, max_jobs=None) as pool:
+            await pool.wait_warm()
+            budget = JobBudget(total, LOAD_BUDGET)
+            async with trio.open_nursery() as outer:
+                outer.start_soon(watch_lag)
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for _ in range(tasks):
+                        nursery.start_soon(acquirer, pool, budget)
+                elapsed = time.perf_counter() - start
+                outer.cancel_scope.cancel()
+            starts = pool.statistics().starts
+        notes = [f"{tasks} tasks, {default_start_method(pool=True)}, {starts} starts"]
+        if budget.cut_short:
+            notes.append(f"the {LOAD_BUDGET:g} s budget ran out after {len(waits)} jobs")
+        return {
+            "rate": len(waits) / elapsed,
+            **latency_summary(waits),
+            "max_wait": max(waits),
+            "overtake": max_overtaking(order),
+            "lag_p50": percentile(lags, 50),
+            "lag_p99": percentile(lags, 99),
+            "lag_max": max(lags),
+            "lag_n": len(lags),
+            "note": "; ".join(notes),
+        }
+
+    return trio.run(main)

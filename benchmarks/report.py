@@ -6,7 +6,16 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from cases import METHODS, W1_PEERS, W3_MODES, W3_PEER_LABELS
+from cases import (
+    LOAD_JOBS,
+    LOAD_LAG_LIMIT,
+    LOAD_POOL,
+    LOAD_TASKS,
+    METHODS,
+    W1_PEERS,
+    W3_MODES,
+    W3_PEER_LABELS,
+)
 
 Results = dict[str, dict[str, Any]]
 
@@ -99,6 +108,21 @@ def plain(
     if why is not None or res is None:
         return Row(measurement, why or "")
     return Row(measurement, shown(res) + _note(res))
+
+
+def bounded(
+    measurement: str,
+    res: dict[str, Any] | None,
+    shown: Callable[[dict[str, Any]], str],
+    ok: Callable[[dict[str, Any]], bool],
+    target: str,
+) -> Row:
+    """A row judged against an absolute target: PASS when ``ok(res)``."""
+    why = problem(res)
+    if why is not None or res is None:
+        return Row(measurement, why or "", target=target, verdict="n/a")
+    verdict = "PASS" if ok(res) else "MISS"
+    return Row(measurement, shown(res) + _note(res), target=target, verdict=verdict)
 
 
 def _latency(res: dict[str, Any]) -> str:
@@ -309,9 +333,42 @@ def issue6(r: Results) -> Section:
     return Section("D. Start failures, sequential jobs, memory (issue 6)", rows)
 
 
+def load(r: Results) -> Section:
+    res = r.get("load_procsup")
+    where = f"{LOAD_TASKS} tasks, {LOAD_JOBS:,} noop jobs, pool of {LOAD_POOL} reused workers"
+    rows = [
+        plain(
+            f"Load throughput and acquire wait: {where}",
+            res,
+            lambda x: f"{fmt_rate(x['rate'])}; wait {_latency(x)}",
+        ),
+        bounded(
+            "Load FIFO: most later waiters that acquired before one waiter",
+            res,
+            lambda x: f"{x['overtake']}",
+            lambda x: x["overtake"] <= LOAD_POOL,
+            f"<= {LOAD_POOL} (the pool size)",
+        ),
+        plain(
+            "Load starvation: longest single acquire wait", res, lambda x: fmt_time(x["max_wait"])
+        ),
+        bounded(
+            "Load: parent event-loop lag (a task sleeping 1 ms in a loop)",
+            res,
+            lambda x: (
+                f"p50 {fmt_time(x['lag_p50'])}, p99 {fmt_time(x['lag_p99'])}, "
+                f"max {fmt_time(x['lag_max'])} (n={x['lag_n']})"
+            ),
+            lambda x: x["lag_p99"] < LOAD_LAG_LIMIT,
+            f"p99 < {fmt_time(LOAD_LAG_LIMIT)}",
+        ),
+    ]
+    return Section("E. Load (issue 5)", rows)
+
+
 def build(results: Results) -> list[Section]:
     """The sections with at least one measured (or attempted) case."""
-    sections = [floors(results), worker(results), pool(results), issue6(results)]
+    sections = [floors(results), worker(results), pool(results), issue6(results), load(results)]
     return [
         attrs.evolve(s, rows=[row for row in s.rows if row.result != "not run"])
         for s in sections
