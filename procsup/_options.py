@@ -96,12 +96,25 @@ def check_initializer(initializer: object) -> bytes:
     elif not callable(initializer):
         raise TypeError(f"initializer must be a callable or 'module:function', got {initializer!r}")
     try:
-        return pickle.dumps(initializer, pickle.HIGHEST_PROTOCOL)
+        payload = pickle.dumps(initializer, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(payload)  # what does not round-trip here fails in every worker
     except Exception as exc:
         raise TypeError(
             f"initializer {initializer!r} cannot be pickled ({exc}); use a module-level "
             "function or a 'module:function' string"
         ) from exc
+    return payload
+
+
+def _module_names(value: object) -> tuple[str, ...]:
+    """attrs converter for ``preload``: a list of module names, not one string
+    (which ``tuple()`` would split into one-letter "modules")."""
+    if isinstance(value, str):
+        raise TypeError(f"preload must be a list of module names, got {value!r}; write [{value!r}]")
+    try:
+        return tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"preload must be a list of module names, got {value!r}") from None
 
 
 @attrs.frozen(kw_only=True)
@@ -123,7 +136,7 @@ class WorkerOptions:
     cancel_grace: float = attrs.field(default=1.0, validator=_number(0, strict=False))
     max_message_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_count(1024))
     start_method: str = attrs.field(default="exec")
-    preload: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    preload: tuple[str, ...] = attrs.field(default=(), converter=_module_names)
     initializer_payload: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

@@ -82,6 +82,12 @@ class PoolOptions:
             raise TypeError(f"on_event must be callable, got {self.on_event!r}")
         if self.load_threshold > 1.0:
             raise ValueError(f"load_threshold must be in (0, 1], got {self.load_threshold!r}")
+        if self.max_workers is not None and self.idle > self.max_workers:
+            # wait_warm() would wait forever for an idle count it cannot reach
+            raise ValueError(
+                f"idle={self.idle} is more than max_workers={self.max_workers}: "
+                "the pool could never keep that many warm"
+            )
 
     @property
     def start_slots(self) -> int:
@@ -193,6 +199,7 @@ class Pool:
         self._waiting = 0
         self._starts = 0
         self._start_failures = 0
+        self._start_successes = 0
         self._consecutive_failures = 0
         self._last_start_error: BaseException | None = None
         self._backoff_until = -math.inf
@@ -213,6 +220,8 @@ class Pool:
         crash, a timeout) is the caller's. Raises what :meth:`acquire` and
         :meth:`Worker.run` raise.
         """
+        if not callable(fn):  # before a worker is started for it
+            raise TypeError(f"job must be callable, got {fn!r}")
         while True:
             async with self.acquire() as worker:
                 try:
@@ -316,6 +325,9 @@ class Pool:
             while True:
                 got = await self._wait_one_attempt()
                 if got is not None:
+                    # A replacement starts warming now; not from _claim, where
+                    # the claimer still counts as waiting (one start too many).
+                    self._rebalance()
                     return got
                 attempts += 1
                 if self._last_start_error is not None:
@@ -333,10 +345,10 @@ class Pool:
         no start this attempt depends on is still in flight (None)."""
         got = self._take_ready()
         if got is not None:
-            self._rebalance()  # refill the idle target behind the one taken
             return got
         self._waiting += 1
         failures_before = self._start_failures
+        successes_before = self._start_successes
         try:
             self._rebalance()
             pending = self._depended_on()
@@ -356,7 +368,12 @@ class Pool:
                 if pending & self._in_flight:
                     continue  # a start we depend on may still succeed
                 if self._start_failures > failures_before:
-                    return None
+                    if self._start_successes == successes_before:
+                        return None  # every start that settled meanwhile failed
+                    # Starts also succeeded (and served the waiters ahead of
+                    # us): contention, not a failed round; watch the next one.
+                    failures_before = self._start_failures
+                    successes_before = self._start_successes
                 self._rebalance()
                 pending = self._depended_on()
         finally:
@@ -382,7 +399,6 @@ class Pool:
         if member.state != IDLE or worker is None or not worker.accepting_jobs:
             return None
         self._set_state(member, BUSY)
-        self._rebalance()  # a replacement starts warming now
         return member, worker
 
     def _release(self, member: _Member) -> None:
@@ -468,6 +484,7 @@ class Pool:
         member.worker = worker
         self._in_flight.discard(member.seq)
         self._running.discard(member.seq)
+        self._start_successes += 1
         self._consecutive_failures = 0
         self._backoff_until = -math.inf
         self._set_state(member, IDLE)
