@@ -9,6 +9,10 @@ pickled, or in an ``atexit`` hook (shutdown).
 A fault with ``once`` set fires once per ``workdir`` (the first process to
 claim its token fires, the others run clean): a pool whose every worker carries
 the fault still gets healthy replacements.
+
+Also here: initializers that fail on a schedule (chaos, model, parent-death
+tests), and :func:`loop_lag`, which measures the parent's event-loop lag (for
+stress tests and benchmarks; it runs in the parent, never in a worker).
 """
 
 from __future__ import annotations

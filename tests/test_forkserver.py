@@ -279,12 +279,21 @@ def _subreaper() -> Iterator[None]:
     """Adopt orphaned descendants while inside, so the test can reap them."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     pr_set_child_subreaper = 36
+    before = {child.pid for child in psutil.Process().children()}
     if prctl(pr_set_child_subreaper, 1, 0, 0, 0) != 0:
         pytest.skip("PR_SET_CHILD_SUBREAPER is not available")
     try:
         yield
     finally:
         prctl(pr_set_child_subreaper, 0, 0, 0, 0)
+        # Reap whatever was adopted meanwhile, listed by the test or not: an
+        # adopted zombie would otherwise stay our child for the whole session.
+        for child in psutil.Process().children():
+            if child.pid not in before:
+                with contextlib.suppress(OSError):
+                    os.kill(child.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(child.pid, 0)
 
 
 def _reaped_within(pids: list[int], seconds: float) -> list[int]:
