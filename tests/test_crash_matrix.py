@@ -386,8 +386,9 @@ async def test_the_fork_server_is_sigkilled() -> None:
         (template,) = [
             p for p in psutil.Process().children() if "_forkserver_child" in " ".join(p.cmdline())
         ]
-        workers = {p.pid for p in template.children()}
         async with pool.acquire() as worker, trio.open_nursery() as nursery:
+            await pool.wait_warm()  # the replacement for the one we hold, forked too
+            workers = {p.pid for p in template.children()}
             nursery.start_soon(trio.to_thread.run_sync, _kill_soon, template.pid)
             with pytest.raises(procsup.WorkerCrashedError) as info:
                 await worker.run(helpers.sleep_for, 30.0)
