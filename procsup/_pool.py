@@ -46,7 +46,7 @@ from ._load import idle_target
 from ._options import WorkerOptions, _count, _number, default_start_method
 from ._spawn import Spawner
 from ._util import collapse_single_group
-from ._worker import Worker, make_spawner, supervise
+from ._worker import Worker, open_spawner, supervise
 
 __all__ = ["Pool", "PoolOptions", "PoolStatistics", "open_pool"]
 
@@ -666,8 +666,7 @@ async def open_pool(
     )
     worker_options.setdefault("start_method", default_start_method(pool=True))
     wopts = WorkerOptions(initializer=initializer, init_timeout=init_timeout, **worker_options)
-    spawner = make_spawner(wopts)
-    try:
+    async with open_spawner(wopts) as spawner:
         with collapse_single_group():
             async with open_service_nursery() as nursery:
                 pool = Pool(options, wopts, spawner, nursery)
@@ -680,6 +679,3 @@ async def open_pool(
                 finally:
                     pool._close()
                     nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await spawner.aclose()

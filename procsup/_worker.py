@@ -554,6 +554,18 @@ def make_spawner(options: WorkerOptions) -> Spawner:
 
 
 @asynccontextmanager
+async def open_spawner(options: WorkerOptions) -> AsyncIterator[Spawner]:
+    """The spawner for ``options.start_method``, closed (a fork server's
+    template stopped and reaped) when the block exits, however it exits."""
+    spawner = make_spawner(options)
+    try:
+        yield spawner
+    finally:
+        with trio.CancelScope(shield=True):
+            await spawner.aclose()
+
+
+@asynccontextmanager
 async def supervise(
     options: WorkerOptions, spawner: Spawner, on_spawn: Callable[[int], object] | None = None
 ) -> AsyncIterator[Worker]:
@@ -661,10 +673,5 @@ async def open_worker(
         memory_limit_mb=memory_limit_mb,
         **options,
     )
-    spawner = make_spawner(opts)
-    try:
-        async with supervise(opts, spawner) as worker:
-            yield worker
-    finally:
-        with trio.CancelScope(shield=True):
-            await spawner.aclose()
+    async with open_spawner(opts) as spawner, supervise(opts, spawner) as worker:
+        yield worker

@@ -188,34 +188,29 @@ def flaky_init() -> str:
     return "ok"
 
 
-def first_start_fails_init() -> str:
-    """The first worker to claim a slot in $PROCSUP_SLOTS fails at once; later
-    ones succeed after 0.3 s."""
+def _claim_start_number() -> int:
+    """Which start this is (0 for the first), counted by exclusive files in
+    $PROCSUP_SLOTS, so that the test can script each start's fate."""
     directory = os.environ["PROCSUP_SLOTS"]
     n = 0
     while True:
         try:
             os.close(os.open(os.path.join(directory, f"slot{n}"), os.O_CREAT | os.O_EXCL))
-            break
+            return n
         except FileExistsError:
             n += 1
-    if n == 0:
+
+
+def first_start_fails_init() -> str:
+    """The first start fails at once; later ones succeed after 0.3 s."""
+    if _claim_start_number() == 0:
         raise RuntimeError("first start fails")
     time.sleep(0.3)
     return "ok"
 
 
 def first_start_hangs_init() -> str:
-    """The first worker to claim a slot in $PROCSUP_SLOTS never answers; later
-    ones are ready at once."""
-    directory = os.environ["PROCSUP_SLOTS"]
-    n = 0
-    while True:
-        try:
-            os.close(os.open(os.path.join(directory, f"slot{n}"), os.O_CREAT | os.O_EXCL))
-            break
-        except FileExistsError:
-            n += 1
-    if n == 0:
+    """The first start never answers; later ones are ready at once."""
+    if _claim_start_number() == 0:
         time.sleep(3600)
     return "ok"
