@@ -8,7 +8,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 
@@ -116,6 +116,30 @@ def run_threaded_callers(
     if errors:  # a peer that breaks under the workload is reported, not crashed on
         raise NotAvailable(f"{type(errors[0]).__name__}: {errors[0]}")
     return throughput_result(pids, latencies, elapsed, budget)
+
+
+async def run_trio_callers(
+    call: Callable[[], Awaitable[int]], total: int, seconds: float, callers: int = 2
+) -> dict[str, Any]:
+    """The trio twin of :func:`run_threaded_callers`: ``callers`` tasks each
+    await ``call()`` (returning a worker pid) until the budget is spent."""
+    import trio
+
+    budget = JobBudget(total, seconds)
+    pids: list[int] = []
+    latencies: list[float] = []
+
+    async def caller() -> None:
+        while budget.take():
+            start = time.perf_counter()
+            pids.append(await call())
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(callers):
+            nursery.start_soon(caller)
+    return throughput_result(pids, latencies, time.perf_counter() - start, budget)
 
 
 def live_children() -> list[int]:

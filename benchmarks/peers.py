@@ -19,17 +19,17 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NoReturn
 
 import jobs
 from _util import (
-    JobBudget,
     NotAvailable,
     emit_and_exit,
     latency_summary,
     leftover_workers,
     run_threaded_callers,
-    throughput_result,
+    run_trio_callers,
 )
 
 MIB = 1024 * 1024
@@ -100,22 +100,7 @@ def w1_trio_parallel(total: int, budget_s: float) -> dict[str, Any]:
 
     async def main() -> dict[str, Any]:
         async with trio_parallel.open_worker_context(retire=jobs.always_true) as ctx:
-            budget = JobBudget(total, budget_s)
-            pids: list[int] = []
-            latencies: list[float] = []
-
-            async def caller() -> None:
-                while budget.take():
-                    start = time.perf_counter()
-                    pids.append(await ctx.run_sync(os.getpid))
-                    latencies.append(time.perf_counter() - start)
-
-            start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(caller)
-                nursery.start_soon(caller)
-            elapsed = time.perf_counter() - start
-        return throughput_result(pids, latencies, elapsed, budget)
+            return await run_trio_callers(partial(ctx.run_sync, os.getpid), total, budget_s)
 
     return trio.run(main)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from functools import partial
 from typing import Any
 
 import jobs
@@ -18,7 +19,7 @@ from _util import (
     median,
     percentile,
     pid_exists,
-    throughput_result,
+    run_trio_callers,
 )
 
 import procsup
@@ -113,23 +114,8 @@ def w1_throughput(method: str, quick: bool, budget_s: float) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         async with procsup.open_pool(idle=W1_IDLE, start_method=method) as pool:
             await pool.wait_warm()
-            budget = JobBudget(total, budget_s)
-            pids: list[int] = []
-            latencies: list[float] = []
-
-            async def caller() -> None:
-                while budget.take():
-                    start = time.perf_counter()
-                    pids.append(await pool.run(os.getpid))
-                    latencies.append(time.perf_counter() - start)
-
-            start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(caller)
-                nursery.start_soon(caller)
-            elapsed = time.perf_counter() - start
+            result = await run_trio_callers(partial(pool.run, os.getpid), total, budget_s)
             starts = pool.statistics().starts
-        result = throughput_result(pids, latencies, elapsed, budget)
         result["note"] = ", ".join(filter(None, [result.get("note"), f"{starts} starts"]))
         return result
 
