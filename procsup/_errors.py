@@ -14,7 +14,6 @@ import signal as _signal
 from collections.abc import Sequence
 
 __all__ = [
-    "JobCancelledError",
     "MemoryLimitError",
     "NoWorkerAvailableError",
     "PoolClosedError",
@@ -173,10 +172,6 @@ class MemoryLimitError(WorkerError):
 class ProtocolError(WorkerError):
     """The worker broke the wire protocol (garbage, oversized or unexpected
     frame, or closed its channel); it was killed."""
-
-
-class JobCancelledError(WorkerError):
-    """Internal marker for a job stopped because its caller was cancelled."""
 
 
 class NoWorkerAvailableError(ProcsupError):
