@@ -643,7 +643,9 @@ async def open_pool(
             ``max_workers`` is set, else 0.
         load_threshold: the load at which the idle target reaches 0.
         **worker_options: any :func:`open_worker` option (``max_jobs``,
-            ``shutdown_timeout``, ``memory_limit_mb``...), plus pool options
+            ``shutdown_timeout``, ``memory_limit_mb``...; ``start_method``
+            defaults to ``"forkserver"`` on Linux, ``"exec"`` elsewhere, and
+            ``$PROCSUP_START_METHOD`` overrides it), plus pool options
             ``load_interval`` (1.0 s), ``backoff_base`` (0.1 s),
             ``backoff_cap`` (30 s) and ``on_event`` (a callback given every
             :class:`PoolEvent`).

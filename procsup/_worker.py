@@ -652,7 +652,9 @@ async def open_worker(
         **options: ``memory_interval`` (0.5 s between memory samples),
             ``cancel_grace`` (1.0 s a cancelled job gets to stop before
             SIGKILL), ``max_message_bytes`` (256 MiB frame limit),
-            ``start_method`` (``"exec"`` or ``"forkserver"``), ``preload``.
+            ``start_method`` (``"exec"``, the default here, or
+            ``"forkserver"``; ``$PROCSUP_START_METHOD`` overrides the
+            default), ``preload`` (modules a fork server imports once).
 
     Raises:
         WorkerStartError: the initializer raised, the worker exited, or
