@@ -1,11 +1,18 @@
-"""The parent's end of a worker's socketpair.
+"""The parent's end of a worker's two socketpairs.
 
-Frames go out without waiting: a send that the socket cannot take at once is
-queued, in order, for a background flush task. Frames come in through one
-``wait_readable`` per burst of data, parsed as they complete. This keeps a
-job's round trip to one scheduler wakeup on each side: trio's SocketStream
-(and a buffered stream over it) spend a scheduler round on every call, which
-doubled the round trip of a trivial job.
+The jobs socket carries INIT, JOB and STOP to the worker's main thread, and
+everything the worker says back. The control socket carries PING and CANCEL
+to a thread of the worker's that reads it even while a job holds the main
+thread: two sockets, so that the main thread reads its jobs itself instead
+of waiting for a thread to hand them over (a wakeup per job).
+
+Frames go out without waiting: a send that the jobs socket cannot take at
+once is queued, in order, for a background flush task. Frames come in
+through one ``wait_readable`` per burst of data, received into one reusable
+buffer and parsed in place. This keeps a job's round trip to one scheduler
+wakeup on each side: trio's SocketStream (and a buffered stream over it)
+spend a scheduler round on every call, which doubled the round trip of a
+trivial job.
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ _RECV_CHUNK = 256 * 1024
 class ParentChannel:
     """Frames to and from one worker. One receiving task, any number of senders."""
 
-    def __init__(self, sock: socket.socket, max_frame: int) -> None:
+    def __init__(self, sock: socket.socket, control: socket.socket, max_frame: int) -> None:
         sock.setblocking(False)
+        control.setblocking(False)
         self._sock = sock
+        self._control = control
+        self._control_broken = False
         self._max_frame = max_frame
         self._pending = bytearray()
         self._has_pending = trio.Event()
@@ -56,6 +66,24 @@ class ParentChannel:
         self._pending += frame
         self._has_pending.set()
 
+    def send_control(self, frame: bytes) -> bool:
+        """Send a small PING or CANCEL frame whole, now; False if it cannot go.
+
+        The worker's control thread drains its socket at once, so a full
+        buffer means that thread is stuck: nothing more is sent on it (a
+        partial frame would garble the rest), and the caller gives up on the
+        worker.
+        """
+        if self._control_broken:
+            return False
+        try:
+            sent = self._control.send(frame)
+        except OSError:  # BlockingIOError included
+            sent = 0
+        if sent != len(frame):
+            self._control_broken = True
+        return not self._control_broken
+
     async def flush_forever(self) -> None:
         """Background task: write what :meth:`send_nowait` could not."""
         while True:
@@ -81,19 +109,22 @@ class ParentChannel:
                 the middle of one.
         """
         buffer = bytearray()
+        # recv_into one buffer: recv(n) allocates n bytes per call, and at
+        # 256 KiB that is an mmap and page faults on every message.
+        landing = memoryview(bytearray(_RECV_CHUNK))
         while True:
             await trio.lowlevel.wait_readable(self._sock)
             try:
-                chunk = self._sock.recv(_RECV_CHUNK)
+                received = self._sock.recv_into(landing)
             except BlockingIOError:
                 continue
             except OSError:
-                chunk = b""
-            if not chunk:
+                received = 0
+            if not received:
                 if buffer:
                     raise FrameError("channel closed in the middle of a frame")
                 return
-            buffer += chunk
+            buffer += landing[:received]
             del buffer[: self._parse(buffer, dispatch)]
 
     def _parse(self, buffer: bytearray, dispatch: Callable[[int, tuple[Any, ...]], None]) -> int:
@@ -101,16 +132,16 @@ class ParentChannel:
         pos = 0
         size_of_header = HEADER.size
         while len(buffer) - pos >= size_of_header:
-            header = bytes(buffer[pos : pos + size_of_header])
-            kind, size = parse_header(header, self._max_frame, FROM_CHILD)
+            kind, size = parse_header(buffer, self._max_frame, FROM_CHILD, pos)
             end = pos + size_of_header + size
             if len(buffer) < end:
                 break
-            dispatch(kind, decode_body(kind, bytes(buffer[pos + size_of_header : end])))
+            dispatch(kind, decode_body(kind, buffer, pos + size_of_header, end))
             pos = end
         return pos
 
     def close(self) -> None:
-        """Close the parent's end. No task may be using the channel any more."""
+        """Close the parent's ends. No task may be using the channel any more."""
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()
+        self._control.close()

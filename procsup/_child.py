@@ -4,11 +4,15 @@ Standard library only, and as little of it as possible: ``pickle``,
 ``traceback`` and ``logging`` are imported when first needed, and ``trio``
 only when a job or initializer is async. Three threads:
 
-* the main thread runs the initializer and the jobs, one at a time;
-* a reader thread answers pings at once (even while a sync job holds the main
-  thread between bytecodes), forwards cancellation, and on EOF -- the parent
-  is gone -- kills this process's whole group;
+* the main thread reads its orders (INIT, JOB, STOP) from the jobs socket
+  itself, and runs the initializer and the jobs, one at a time;
+* a control thread reads the control socket: it answers pings at once (even
+  while a sync job holds the main thread between bytecodes), forwards
+  cancellation, and on EOF -- the parent is gone -- kills this process's
+  whole group;
 * a log writer thread ships log records, so logging never blocks a job.
+
+Everything the worker says goes out on the jobs socket, under a lock.
 """
 
 from __future__ import annotations
@@ -22,16 +26,17 @@ import sys
 from _collections import deque  # type: ignore[import-not-found,unused-ignore]
 from _queue import SimpleQueue
 
-from ._wire import FROM_PARENT, HEADER, Kind, decode_body, encode, parse_header
+from ._wire import HEADER, TO_CONTROL, TO_MAIN, Kind, decode_body, encode, parse_header
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the worker ~9 ms
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
 __all__ = ["importing_parent_main", "in_worker", "main", "worker_state"]
 
 _MAX_PENDING_LOGS = 10_000
+_LANDING_BYTES = 64 * 1024
 _NO_STATE = object()
 _state: object = _NO_STATE
 _canceller: Callable[[], None] | None = None
@@ -113,33 +118,64 @@ class _Channel:
             while view:
                 view = view[os.write(self.fd, view) :]
 
-    def read_exact(self, size: int) -> bytes | None:
-        """Read ``size`` bytes; None on a clean EOF before the first byte."""
-        chunks: list[bytes] = []
-        left = size
-        while left:
-            chunk = os.read(self.fd, min(left, 1 << 20))
-            if not chunk:
-                if left == size:
-                    return None
-                raise EOFError("channel closed mid-frame")
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+
+class _FrameReader:
+    """Frames from one socket, for one thread: each read takes all that has
+    arrived (a header and its body in one system call, mostly)."""
+
+    def __init__(self, fd: int, allowed: frozenset[int], channel: _Channel) -> None:
+        self._fd = fd
+        self._allowed = allowed
+        self._channel = channel  # for its max_frame, set by INIT
+        self._buffer = bytearray()
+        self._landing = memoryview(bytearray(_LANDING_BYTES))
+
+    def next(self) -> tuple[int, tuple[Any, ...]] | None:
+        """The next frame as (kind, fields); None on EOF between frames.
+
+        Raises:
+            FrameError: a malformed frame.
+            EOFError: EOF in the middle of a frame.
+        """
+        buffer = self._buffer
+        while True:
+            need = HEADER.size
+            if len(buffer) >= need:
+                kind, size = parse_header(buffer, self._channel.max_frame, self._allowed)
+                need += size
+                if len(buffer) >= need:
+                    fields = decode_body(kind, buffer, HEADER.size, need)
+                    del buffer[:need]
+                    return kind, fields
+            if not self._read(need - len(buffer)):
+                if buffer:
+                    raise EOFError("channel closed mid-frame")
+                return None
+
+    def _read(self, wanted: int) -> int:
+        if wanted > len(self._landing):  # a large frame: fewer, larger reads
+            data = os.read(self._fd, min(wanted, 1 << 20))
+            self._buffer += data
+            return len(data)
+        count = os.readv(self._fd, [self._landing])
+        self._buffer += self._landing[:count]
+        return count
 
 
 _channel: _Channel | None = None
 _main_thread = 0
 
 
-def main(fd: int, parent_main: str = "") -> None:
-    """Entry point of a worker process, on the inherited socketpair end ``fd``.
+def main(fd: int, control_fd: int, parent_main: str = "") -> None:
+    """Entry point of a worker process, on the inherited socketpair ends
+    ``fd`` (jobs) and ``control_fd`` (pings and cancellation).
 
     ``parent_main`` says where the parent's ``__main__`` comes from (see
     :func:`procsup._spawn.parent_main_reference`).
     """
     global _channel
-    os.set_inheritable(fd, False)  # a job's own subprocesses must not hold it
+    for inherited in (fd, control_fd):
+        os.set_inheritable(inherited, False)  # a job's own subprocesses must not hold them
     if parent_main:
         sys.modules["__main__"] = _ParentMain(parent_main)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -147,11 +183,10 @@ def main(fd: int, parent_main: str = "") -> None:
     _channel = channel = _Channel(fd)
     global _main_thread
     _main_thread = _thread.get_ident()
-    inbox: SimpleQueue[tuple[int, tuple[Any, ...]]] = SimpleQueue()
-    _thread.start_new_thread(_read_forever, (channel, inbox))
+    _thread.start_new_thread(_control_forever, (channel, control_fd))
     _watch_logging_import()
     try:
-        code = _serve(channel, inbox)
+        code = _serve(channel, _FrameReader(fd, TO_MAIN, channel))
     except _Interrupted:
         code = 0 if _cancel_requested else 128 + signal.SIGTERM
     finally:  # records logged just before exit (even sys.exit in a job) still go out
@@ -221,9 +256,9 @@ def _import_parent_main(reference: str) -> Any:
         _importing_parent_main = False
 
 
-def _serve(channel: _Channel, inbox: SimpleQueue[tuple[int, tuple[Any, ...]]]) -> int:
+def _serve(channel: _Channel, orders: _FrameReader) -> int:
     global _state
-    kind, fields = inbox.get()
+    kind, fields = _next_order(orders)
     if kind != Kind.INIT:
         return 0
     payload, max_jobs, log_level, max_frame = fields
@@ -243,7 +278,7 @@ def _serve(channel: _Channel, inbox: SimpleQueue[tuple[int, tuple[Any, ...]]]) -
     channel.send(encode(Kind.READY, os.getpid()))
     done = 0
     while not max_jobs or done < max_jobs:
-        kind, fields = inbox.get()
+        kind, fields = _next_order(orders)
         if kind != Kind.JOB:
             return 0  # STOP
         _run_job(channel, *fields)
@@ -355,26 +390,31 @@ def _describe(exc: BaseException, *, with_traceback: bool = True) -> tuple[str, 
     return _type_name(exc), message, tb, data
 
 
-def _read_forever(channel: _Channel, inbox: SimpleQueue[tuple[int, tuple[Any, ...]]]) -> None:
+def _next_order(orders: _FrameReader) -> tuple[int, tuple[Any, ...]]:
     try:
-        while True:
-            header = channel.read_exact(HEADER.size)
-            if header is None:
-                break
-            kind, size = parse_header(header, channel.max_frame, FROM_PARENT)
-            fields = decode_body(kind, (channel.read_exact(size) or b"") if size else b"")
+        frame = orders.next()
+    except Exception:  # noqa: BLE001 -- a garbled or cut channel: the parent is gone
+        frame = None
+    if frame is None:
+        _orphaned()
+    return frame
+
+
+def _control_forever(channel: _Channel, control_fd: int) -> None:
+    reader = _FrameReader(control_fd, TO_CONTROL, channel)
+    try:
+        while (frame := reader.next()) is not None:
+            kind, fields = frame
             if kind == Kind.PING:
                 channel.send(encode(Kind.PONG, *fields))
-            elif kind == Kind.CANCEL:
+            else:  # CANCEL
                 _request_cancel()
-            else:
-                inbox.put((kind, fields))
     except BaseException:  # noqa: BLE001 -- any failure here means the parent is gone
         pass
     _orphaned()
 
 
-def _orphaned() -> None:
+def _orphaned() -> NoReturn:
     """The parent is gone or broke the protocol: nobody supervises us now."""
     if os.getpgrp() == os.getpid():
         os.killpg(0, signal.SIGKILL)  # and every subprocess a job started

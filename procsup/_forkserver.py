@@ -104,9 +104,9 @@ class ForkServerSpawner:
         template = self._template
         return template.pid if template is not None and template.alive else None
 
-    async def spawn(self, fd: int) -> ChildProcess:
+    async def spawn(self, fd: int, control_fd: int) -> ChildProcess:
         template = await self._running_template()
-        child = await template.fork(fd)
+        child = await template.fork(fd, control_fd)
         self._failures = 0
         return child
 
@@ -218,13 +218,13 @@ class _Template:
         self._sock.close()  # EOF to the template; wakes serve() with ClosedResourceError
         await self._ended.wait()
 
-    async def fork(self, fd: int) -> _ForkChild:
-        """Ask for one worker on ``fd``. Shielded, with a deadline: once
+    async def fork(self, fd: int, control_fd: int) -> _ForkChild:
+        """Ask for one worker on these socket ends. Shielded, with a deadline: once
         asked for, a worker must reach its owner or be killed."""
         with trio.CancelScope(shield=True):
             reply = _Reply()
             with trio.move_on_after(_REPLY_DEADLINE):
-                await self._request(proto.FORK, fds=(fd,), reply=reply)
+                await self._request(proto.FORK, fds=(fd, control_fd), reply=reply)
                 await reply.done.wait()
             if not reply.done.is_set():
                 logger.error(

@@ -11,7 +11,8 @@ kernel keeps message boundaries and no framing is needed: each message is one
 * template -> parent: ``READY`` once the preload modules are imported, or
   ``PRELOAD_FAILED`` followed by UTF-8 text (module, NUL, error, NUL,
   traceback), after which the template exits;
-* parent -> template: ``FORK`` with an fd; template -> parent: ``FORKED``
+* parent -> template: ``FORK`` with two fds (the worker's jobs and control
+  socket ends); template -> parent: ``FORKED``
   (pid) or ``FORK_FAILED`` (errno), in request order;
 * parent -> template: ``ACK`` (pid) once the parent holds a pidfd on it. Only
   then may the template reap that worker: until it does, the pid cannot be
@@ -53,11 +54,11 @@ _MAX_TEXT = 60_000  # a preload traceback, cut to fit one message
 _children: dict[int, bool] = {}
 
 
-def serve(ctrl_fd: int, preload: list[str]) -> int:
+def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, int]:
     """Run the template on the control socket ``ctrl_fd``.
 
     Never returns in the template, which ends with ``os._exit``; returns in
-    each forked worker, with the worker's channel fd, its signal handling
+    each forked worker, with the worker's two socket ends, its signal handling
     reset and the template's descriptors closed. (No ``finally`` or ``with``
     here: a forked worker unwinds these frames.)
     """
@@ -78,15 +79,15 @@ def serve(ctrl_fd: int, preload: list[str]) -> int:
                 continue
             fds: list[int] = []
             try:
-                msg, fds, _, _ = socket.recv_fds(ctrl, MSG.size, 1)
+                msg, fds, _, _ = socket.recv_fds(ctrl, MSG.size, 2)
             except OSError:
                 msg = b""
             if len(msg) != MSG.size:  # EOF, or a parent we do not understand
                 _shutdown()
             kind, pid, _ = MSG.unpack(msg)
-            if kind == FORK and len(fds) == 1:
-                if _fork(ctrl, fds[0]) == 0:
-                    return _become_worker(ctrl, wake_r, wake_w, fds[0])
+            if kind == FORK and len(fds) == 2:
+                if _fork(ctrl, fds) == 0:
+                    return _become_worker(ctrl, wake_r, wake_w, fds)
             elif kind == ACK and pid in _children:
                 _children[pid] = True
             else:
@@ -94,7 +95,7 @@ def serve(ctrl_fd: int, preload: list[str]) -> int:
         _reap(ctrl)
 
 
-def run_worker(fd: int, parent_main: str = "") -> NoReturn:
+def run_worker(fds: tuple[int, int], parent_main: str = "") -> NoReturn:
     """A forked worker's life: :func:`procsup._child.main`, then a quick exit.
 
     As multiprocessing does for forked children: join non-daemon threads, run
@@ -104,7 +105,7 @@ def run_worker(fd: int, parent_main: str = "") -> NoReturn:
     from procsup._child import main
 
     try:
-        main(fd, parent_main)
+        main(*fds, parent_main)
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)
@@ -161,20 +162,20 @@ def _preload(ctrl: socket.socket, names: list[str]) -> None:
             os._exit(1)
 
 
-def _fork(ctrl: socket.socket, fd: int) -> int:
-    """Fork one worker; returns 0 in the worker, its pid (or -1) here."""
+def _fork(ctrl: socket.socket, fds: list[int]) -> int:
+    """Fork one worker on ``fds``; returns 0 in the worker, its pid (or -1) here."""
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()  # or the worker inherits, and repeats, buffered output
     try:
         pid = os.fork()
     except OSError as exc:
-        os.close(fd)
+        _close_all(fds)
         _send(ctrl, FORK_FAILED, value=exc.errno or 0)
         return -1
     if pid == 0:
         return 0
-    os.close(fd)  # the worker's channel must end when the worker does
+    _close_all(fds)  # the worker's channel must end when the worker does
     try:
         os.setpgid(pid, pid)  # as the worker does too: the group exists before we answer
     except OSError:
@@ -184,14 +185,21 @@ def _fork(ctrl: socket.socket, fd: int) -> int:
     return pid
 
 
-def _become_worker(ctrl: socket.socket, wake_r: int, wake_w: int, fd: int) -> int:
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _become_worker(
+    ctrl: socket.socket, wake_r: int, wake_w: int, fds: list[int]
+) -> tuple[int, int]:
     os.setpgid(0, 0)
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     ctrl.close()
     os.close(wake_r)
     os.close(wake_w)
-    return fd
+    return fds[0], fds[1]
 
 
 def _reap(ctrl: socket.socket) -> None:

@@ -18,7 +18,10 @@ import trio
 __all__ = ["ChildProcess", "ExecSpawner", "Spawner", "kill_group", "parent_main_reference"]
 
 # Small enough to embed in argv; it runs before anything of procsup is imported.
-_BOOTSTRAP = "import sys;sys.path[:]={path!r};from procsup._child import main;main({fd},{main!r})"
+_BOOTSTRAP = (
+    "import sys;sys.path[:]={path!r};from procsup._child import main;"
+    "main({fd},{control_fd},{main!r})"
+)
 
 
 class ChildProcess(Protocol):
@@ -38,9 +41,10 @@ class ChildProcess(Protocol):
 
 
 class Spawner(Protocol):
-    """Starts worker processes that run :func:`procsup._child.main` on ``fd``."""
+    """Starts worker processes that run :func:`procsup._child.main` on the
+    inherited socket ends ``fd`` (jobs) and ``control_fd`` (control)."""
 
-    async def spawn(self, fd: int) -> ChildProcess: ...
+    async def spawn(self, fd: int, control_fd: int) -> ChildProcess: ...
 
     async def aclose(self) -> None: ...
 
@@ -83,12 +87,14 @@ class ExecSpawner:
     def __init__(self, executable: str | None = None) -> None:
         self.executable = executable or sys.executable
 
-    async def spawn(self, fd: int) -> ChildProcess:
-        bootstrap = _BOOTSTRAP.format(path=sys.path, fd=fd, main=parent_main_reference())
+    async def spawn(self, fd: int, control_fd: int) -> ChildProcess:
+        bootstrap = _BOOTSTRAP.format(
+            path=sys.path, fd=fd, control_fd=control_fd, main=parent_main_reference()
+        )
         argv = [self.executable, "-c", bootstrap]
         # Popen blocks until exec succeeds; keep that off the event loop. Not
         # abandonable: a process started by the thread must reach its owner.
-        return _ExecChild(await trio.to_thread.run_sync(_popen, argv, fd))
+        return _ExecChild(await trio.to_thread.run_sync(_popen, argv, (fd, control_fd)))
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -130,8 +136,8 @@ class _ExecChild:
             await trio.to_thread.run_sync(_waitid_nowait, self.pid, abandon_on_cancel=True)
 
 
-def _popen(argv: list[str], fd: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL, process_group=0)
+def _popen(argv: list[str], fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0)
 
 
 def _open_pidfd(pid: int) -> int | None:

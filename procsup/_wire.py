@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER",
+    "TO_CONTROL",
+    "TO_MAIN",
     "FrameError",
     "Kind",
     "decode_body",
@@ -76,7 +78,13 @@ SCHEMAS: Final[dict[int, str]] = {
     Kind.LOG: "sisfsiss",  # name, level, message, created, path, line, func, exc text
 }
 
-FROM_PARENT: Final = frozenset({Kind.INIT, Kind.JOB, Kind.CANCEL, Kind.PING, Kind.STOP})
+# The parent writes INIT, JOB and STOP on the jobs socket, which the worker's
+# main thread reads itself, and PING and CANCEL on the control socket, which a
+# thread reads even while a job holds the main thread. The worker writes
+# everything on the jobs socket.
+TO_MAIN: Final = frozenset({Kind.INIT, Kind.JOB, Kind.STOP})
+TO_CONTROL: Final = frozenset({Kind.PING, Kind.CANCEL})
+FROM_PARENT: Final = TO_MAIN | TO_CONTROL
 FROM_CHILD: Final = frozenset(SCHEMAS) - FROM_PARENT
 NAMES: Final = {v: k for k, v in vars(Kind).items() if isinstance(v, int)}
 
@@ -115,10 +123,11 @@ def encode(kind: int, *fields: Field) -> bytes:
 
 
 def parse_header(
-    header: bytes | bytearray, max_frame: int, allowed: frozenset[int]
+    data: bytes | bytearray, max_frame: int, allowed: frozenset[int], start: int = 0
 ) -> tuple[int, int]:
-    """Return (kind, body length), or raise FrameError for a bad header."""
-    length, kind = HEADER.unpack(header)
+    """Return (kind, body length) of the header at ``data[start:]``, or raise
+    FrameError for a bad header."""
+    length, kind = HEADER.unpack_from(data, start)
     if kind not in allowed:
         name = NAMES.get(kind, f"unknown kind {kind}")
         raise FrameError(f"unexpected message kind {name}")
@@ -127,14 +136,25 @@ def parse_header(
     return kind, length
 
 
-def decode_body(kind: int, body: bytes | bytearray | memoryview) -> tuple[Field, ...]:
-    """Decode a body strictly against its kind's schema."""
-    if SCHEMAS[kind] == "ib" and len(body) >= _ID_PAYLOAD.size:
-        job_id, size = _ID_PAYLOAD.unpack_from(body)
-        if _ID_PAYLOAD.size + size != len(body):
+def decode_body(
+    kind: int, data: bytes | bytearray, start: int = 0, end: int | None = None
+) -> tuple[Field, ...]:
+    """Decode the body ``data[start:end]`` strictly against its kind's schema.
+
+    The returned fields are copies: ``data`` may be reused at once.
+    """
+    if end is None:
+        end = len(data)
+    with memoryview(data) as whole:  # released on return: data may then be resized
+        return _decode_view(kind, whole[start:end])
+
+
+def _decode_view(kind: int, view: memoryview) -> tuple[Field, ...]:
+    if SCHEMAS[kind] == "ib" and len(view) >= _ID_PAYLOAD.size:
+        job_id, size = _ID_PAYLOAD.unpack_from(view)
+        if _ID_PAYLOAD.size + size != len(view):
             raise FrameError(f"{NAMES[kind]}: payload length does not match the frame")
-        return job_id, bytes(body[_ID_PAYLOAD.size :])
-    view = memoryview(body)
+        return job_id, view[_ID_PAYLOAD.size :].tobytes()
     pos = 0
     out: list[Field] = []
     try:
@@ -150,7 +170,7 @@ def decode_body(kind: int, body: bytes | bytearray | memoryview) -> tuple[Field,
                 pos += 4
                 if pos + size > len(view):
                     raise FrameError(f"{NAMES[kind]}: field overruns the frame")
-                chunk = bytes(view[pos : pos + size])
+                chunk = view[pos : pos + size].tobytes()
                 pos += size
                 out.append(chunk.decode("utf-8") if code == "s" else chunk)
     except (struct.error, UnicodeDecodeError) as exc:

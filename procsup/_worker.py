@@ -16,7 +16,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import outcome
 import trio
@@ -55,6 +55,7 @@ _DRAIN_GRACE = 1.0
 _REAP_DEADLINE = 10.0
 _MEMORY_WARN_EVERY = 30.0
 _job_ids = itertools.count(1)
+_JOB_ANSWERS = frozenset({Kind.RESULT, Kind.ERROR})
 
 
 class Worker:
@@ -65,10 +66,16 @@ class Worker:
     process exits and :meth:`run` raises :class:`WorkerClosedError`.
     """
 
-    def __init__(self, options: WorkerOptions, process: ChildProcess, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        options: WorkerOptions,
+        process: ChildProcess,
+        sock: socket.socket,
+        control: socket.socket,
+    ) -> None:
         self._options = options
         self._process = process
-        self._channel = ParentChannel(sock, options.max_message_bytes)
+        self._channel = ParentChannel(sock, control, options.max_message_bytes)
         self._phase = "init"
         self._jobs_done = 0
         self._retiring = False
@@ -142,7 +149,8 @@ class Worker:
             WorkerUnresponsiveError, MemoryLimitError, ProtocolError: the
                 worker was killed for that reason during the job.
         """
-        self._check_accepting()
+        if not self.accepting_jobs:
+            self._refuse_job()
         payload = _dump_job(fn, args, self._options.max_message_bytes)
         job = _PendingJob(next(_job_ids))
         self._job = job
@@ -152,15 +160,17 @@ class Worker:
                 self._channel.send_nowait(_wire.encode(Kind.JOB, job.id, payload))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._kill_and_reap()
-                job.result = outcome.Error(
-                    WorkerCrashedError(
-                        "worker died before the job was sent",
-                        pid=self.pid,
-                        phase="idle",
-                        returncode=self._returncode,
+                job.settle(
+                    outcome.Error(
+                        WorkerCrashedError(
+                            "worker died before the job was sent",
+                            pid=self.pid,
+                            phase="idle",
+                            returncode=self._returncode,
+                        )
                     )
                 )
-            await job.settled.wait()
+            await job.wait()
         except BaseException:
             if job.result is None:
                 with trio.CancelScope(shield=True):
@@ -274,7 +284,12 @@ class Worker:
                 self._protocol_violation("worker closed its channel but kept running")
 
     def _dispatch(self, kind: int, fields: tuple[Any, ...]) -> None:
-        if kind == Kind.LOG:
+        if kind in _JOB_ANSWERS:
+            job = self._job
+            if job is None or job.result is not None or fields[0] != job.id:
+                raise _wire.FrameError(f"{_wire.NAMES[kind]} for a job that is not running")
+            job.settle(self._job_outcome(kind, fields))
+        elif kind == Kind.LOG:
             self._log_record(*fields)
         elif kind == Kind.PONG:
             if fields[0] != self._ping_stamp:
@@ -282,12 +297,6 @@ class Worker:
             self.last_ping_rtt = trio.current_time() - fields[0]
             self._ping_stamp = None
             self._pong.set()
-        elif kind in (Kind.RESULT, Kind.ERROR):
-            job = self._job
-            if job is None or job.result is not None or fields[0] != job.id:
-                raise _wire.FrameError(f"{_wire.NAMES[kind]} for a job that is not running")
-            job.result = self._job_outcome(kind, fields)
-            job.settled.set()
         elif self._retiring:
             pass  # an answer to an initialization we gave up on
         elif self._init_result is not None or self._phase != "init":
@@ -308,8 +317,10 @@ class Worker:
             self._pong = trio.Event()
             self._ping_stamp = trio.current_time()
             with trio.move_on_after(opts.ping_timeout):
-                self._send_quietly(_wire.encode(Kind.PING, self._ping_stamp))
-                await self._pong.wait()
+                if self._channel.send_control(_wire.encode(Kind.PING, self._ping_stamp)):
+                    await self._pong.wait()
+                else:  # its control thread is stuck: it could not answer anyway
+                    await trio.sleep_forever()
             if not self._pong.is_set():
                 self._set_failure(
                     WorkerUnresponsiveError,
@@ -355,9 +366,7 @@ class Worker:
 
     # -- internals -----------------------------------------------------------
 
-    def _check_accepting(self) -> None:
-        if self.accepting_jobs:
-            return
+    def _refuse_job(self) -> NoReturn:
         if self._phase == "job":
             raise RuntimeError(f"worker pid={self.pid} is already running a job")
         if not self.alive and self._failure is None and not self._retiring:
@@ -383,7 +392,7 @@ class Worker:
         self._retiring = True
         self._set_failure(WorkerClosedError, "job was cancelled by its caller")
         with trio.move_on_after(self._options.cancel_grace):
-            self._send_quietly(_wire.encode(Kind.CANCEL, self._job.id if self._job else 0))
+            self._channel.send_control(_wire.encode(Kind.CANCEL, self._job.id if self._job else 0))
             await self._exited.wait()
         await self._kill_and_reap()
 
@@ -432,8 +441,7 @@ class Worker:
             err = failure or WorkerCrashedError(
                 "worker died during a job", pid=self.pid, phase="job", returncode=self._returncode
             )
-            job.result = outcome.Error(err)
-            job.settled.set()
+            job.settle(outcome.Error(err))
         self._pong.set()
 
     def _start_error(self, type_name: str, message: str, tb: str, data: bytes) -> WorkerStartError:
@@ -490,12 +498,34 @@ class Worker:
 
 
 class _PendingJob:
-    __slots__ = ("id", "result", "settled")
+    """A job's result, and the one task waiting for it. Lighter than a
+    trio.Event: this is every job's round trip."""
+
+    __slots__ = ("_waiter", "id", "result")
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
         self.result: outcome.Outcome[Any] | None = None
-        self.settled = trio.Event()
+        self._waiter: trio.lowlevel.Task | None = None
+
+    def settle(self, result: outcome.Outcome[Any]) -> None:
+        self.result = result
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter)
+
+    async def wait(self) -> None:
+        """Until settled; cancellable (the result may still come later)."""
+        if self.result is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 def _dump_job(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> bytes:
@@ -574,10 +604,12 @@ async def supervise(
     ``on_spawn(pid)`` is called once the process exists, before it is warm.
     """
     parent_sock, child_sock = socket.socketpair()
+    parent_control, child_control = socket.socketpair()
     try:
-        process = await spawner.spawn(child_sock.fileno())
+        process = await spawner.spawn(child_sock.fileno(), child_control.fileno())
     except BaseException as exc:
         parent_sock.close()
+        parent_control.close()
         if isinstance(exc, OSError):
             raise WorkerStartError(
                 f"could not start a worker process: {exc}", pid=None, phase="init"
@@ -585,7 +617,8 @@ async def supervise(
         raise
     finally:
         child_sock.close()
-    worker = Worker(options, process, parent_sock)
+        child_control.close()
+    worker = Worker(options, process, parent_sock, parent_control)
     if on_spawn is not None:
         on_spawn(process.pid)
     try:

@@ -99,9 +99,9 @@ async def test_a_slow_preload_is_bounded_and_cancellable(
     spawner = ForkServerSpawner(preload=["slow_import"], start_timeout=0.3)
     try:
         with pytest.raises(WorkerStartError, match=r"start_timeout=0\.3s"):
-            await spawner.spawn(0)
+            await spawner.spawn(0, 0)
         with trio.move_on_after(0.3) as scope:
-            await spawner.spawn(0)
+            await spawner.spawn(0, 0)
         assert scope.cancelled_caught
     finally:
         await spawner.aclose()
@@ -256,7 +256,7 @@ async def test_closing_the_spawner_stops_the_template() -> None:
     assert template is not None
     assert _gone(template)
     with pytest.raises(WorkerStartError, match="closed"):
-        await spawner.spawn(0)
+        await spawner.spawn(0, 0)
 
 
 _PARENT_SCRIPT = """
