@@ -7,7 +7,8 @@ thread: two sockets, so that the main thread reads its jobs itself instead
 of waiting for a thread to hand them over (a wakeup per job).
 
 Frames go out without waiting: a send that the jobs socket cannot take at
-once is queued, in order, for a background flush task. Frames come in
+once is queued, in order, for a flush task started for the occasion (most
+workers never need one). Frames come in
 through one ``wait_readable`` per burst of data, received into one reusable
 buffer and parsed in place. This keeps a job's round trip to one scheduler
 wakeup on each side: trio's SocketStream (and a buffered stream over it)
@@ -28,6 +29,20 @@ from ._wire import FROM_CHILD, HEADER, FrameError, decode_body, parse_header
 __all__ = ["ParentChannel"]
 
 _RECV_CHUNK = 256 * 1024
+# recv_into one buffer per trio run, shared by its channels: recv(n) allocates
+# n bytes per call (at 256 KiB, an mmap and page faults per message), and a
+# buffer per worker would cost each one-shot worker its zeroing. Safe to
+# share within a run: every receiver copies what it got before its next await.
+_landing: trio.lowlevel.RunVar[memoryview] = trio.lowlevel.RunVar("procsup_landing")
+
+
+def _landing_buffer() -> memoryview:
+    try:
+        return _landing.get()
+    except LookupError:
+        buffer = memoryview(bytearray(_RECV_CHUNK))
+        _landing.set(buffer)
+        return buffer
 
 
 class ParentChannel:
@@ -41,8 +56,13 @@ class ParentChannel:
         self._control_broken = False
         self._max_frame = max_frame
         self._pending = bytearray()
-        self._has_pending = trio.Event()
+        self._flusher: trio.Nursery | None = None
+        self._flushing = False
         self._broken = False
+
+    def bind(self, nursery: trio.Nursery) -> None:
+        """Where to start a flush task when a frame does not go out at once."""
+        self._flusher = nursery
 
     def send_nowait(self, frame: bytes) -> None:
         """Send a frame now, or queue the rest of it for the flush task.
@@ -64,7 +84,11 @@ class ParentChannel:
                 return
             frame = frame[sent:]
         self._pending += frame
-        self._has_pending.set()
+        if not self._flushing:
+            if self._flusher is None:
+                raise RuntimeError("ParentChannel.bind() was not called")
+            self._flushing = True
+            self._flusher.start_soon(self._flush)
 
     def send_control(self, frame: bytes) -> bool:
         """Send a small PING or CANCEL frame whole, now; False if it cannot go.
@@ -84,10 +108,9 @@ class ParentChannel:
             self._control_broken = True
         return not self._control_broken
 
-    async def flush_forever(self) -> None:
-        """Background task: write what :meth:`send_nowait` could not."""
-        while True:
-            await self._has_pending.wait()
+    async def _flush(self) -> None:
+        """Write what :meth:`send_nowait` could not, then end."""
+        try:
             while self._pending:
                 await trio.lowlevel.wait_writable(self._sock)
                 try:
@@ -99,7 +122,8 @@ class ParentChannel:
                     self._pending.clear()
                     return
                 del self._pending[:sent]
-            self._has_pending = trio.Event()
+        finally:
+            self._flushing = False
 
     async def receive_forever(self, dispatch: Callable[[int, tuple[Any, ...]], None]) -> None:
         """Hand each complete frame to ``dispatch(kind, fields)`` until EOF.
@@ -109,9 +133,7 @@ class ParentChannel:
                 the middle of one.
         """
         buffer = bytearray()
-        # recv_into one buffer: recv(n) allocates n bytes per call, and at
-        # 256 KiB that is an mmap and page faults on every message.
-        landing = memoryview(bytearray(_RECV_CHUNK))
+        landing = _landing_buffer()
         while True:
             await trio.lowlevel.wait_readable(self._sock)
             try:

@@ -33,10 +33,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, NoReturn
 
-__all__ = ["importing_parent_main", "in_worker", "main", "worker_state"]
+__all__ = ["importing_parent_main", "in_worker", "main", "run", "worker_state"]
 
 _MAX_PENDING_LOGS = 10_000
-_LANDING_BYTES = 64 * 1024
+# One page: a forked worker pays a page fault for each page it touches, and
+# most frames are small (larger ones are read straight into their own bytes).
+_LANDING_BYTES = 4096
 _NO_STATE = object()
 _state: object = _NO_STATE
 _canceller: Callable[[], None] | None = None
@@ -166,9 +168,14 @@ _channel: _Channel | None = None
 _main_thread = 0
 
 
-def main(fd: int, control_fd: int, parent_main: str = "") -> None:
-    """Entry point of a worker process, on the inherited socketpair ends
-    ``fd`` (jobs) and ``control_fd`` (pings and cancellation).
+def main(fd: int, control_fd: int, parent_main: str = "") -> NoReturn:
+    """Entry point of an exec'd worker process: :func:`run`, then exit."""
+    sys.exit(run(fd, control_fd, parent_main))
+
+
+def run(fd: int, control_fd: int, parent_main: str = "") -> int:
+    """A worker's life on the inherited socketpair ends ``fd`` (jobs) and
+    ``control_fd`` (pings and cancellation); returns its exit code.
 
     ``parent_main`` says where the parent's ``__main__`` comes from (see
     :func:`procsup._spawn.parent_main_reference`).
@@ -194,7 +201,7 @@ def main(fd: int, control_fd: int, parent_main: str = "") -> None:
             channel.flush()
         except OSError:
             pass
-    sys.exit(code)
+    return code
 
 
 class _ParentMain(type(sys)):  # type: ignore[misc]

@@ -119,6 +119,9 @@ class ForkServerSpawner:
                 await template.aclose()
 
     async def _running_template(self) -> _Template:
+        template = self._template
+        if template is not None and template.alive and not self._closed:
+            return template  # the common case: no lock, no scheduler round
         async with self._start_lock:
             if self._closed:
                 raise WorkerStartError("the fork server is closed", pid=None, phase="init")
@@ -164,7 +167,7 @@ class ForkServerSpawner:
             raise
         finally:
             child_end.close()
-        template = _Template(self, _ExecChild(process), trio.socket.from_stdlib_socket(parent_end))
+        template = _Template(self, _ExecChild(process), parent_end)
         self._templates.add(template)
         trio.lowlevel.spawn_system_task(
             template.serve, name=f"procsup fork server pid={template.pid}"
@@ -192,8 +195,9 @@ class _Template:
     """One template process, seen from the parent, and its workers."""
 
     def __init__(
-        self, spawner: ForkServerSpawner, process: _ExecChild, sock: trio.socket.SocketType
+        self, spawner: ForkServerSpawner, process: _ExecChild, sock: socket.socket
     ) -> None:
+        sock.setblocking(False)
         self._spawner = spawner
         self._process = process
         self._sock = sock
@@ -215,8 +219,13 @@ class _Template:
         self._process.kill()
 
     async def aclose(self) -> None:
-        self._sock.close()  # EOF to the template; wakes serve() with ClosedResourceError
+        self._close_socket()  # EOF to the template; wakes serve()
         await self._ended.wait()
+
+    def _close_socket(self) -> None:
+        if self._sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self._sock)
+            self._sock.close()
 
     async def fork(self, fd: int, control_fd: int) -> _ForkChild:
         """Ask for one worker on these socket ends. Shielded, with a deadline: once
@@ -245,19 +254,33 @@ class _Template:
     async def _request(
         self, kind: int, pid: int = 0, *, fds: tuple[int, ...] = (), reply: _Reply | None = None
     ) -> None:
-        msg = proto.MSG.pack(kind, pid, 0)
+        """Send one message (atomic: SOCK_SEQPACKET). Replies come in request
+        order, so a request that must wait for room queues behind the lock."""
+        msg = [proto.MSG.pack(kind, pid, 0)]
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        async with self._send_lock:
-            if reply is not None:  # queued first: the answer may come before sendmsg returns
-                self._replies.append(reply)
-            try:
-                await self._sock.sendmsg([msg], ancillary)
-            except (OSError, trio.ClosedResourceError) as exc:
-                # Most likely the template is gone, and serve() settles the rest.
-                if reply is not None and not reply.done.is_set():
-                    if reply in self._replies:
-                        self._replies.remove(reply)
-                    reply.fail(f"could not reach the fork server: {exc!r}")
+        if reply is not None:  # queued first: the answer may come before sendmsg returns
+            self._replies.append(reply)
+        try:
+            if not self._send_lock.locked():
+                try:  # the common case: room in the buffer, no scheduler round
+                    self._sock.sendmsg(msg, ancillary)
+                    return
+                except BlockingIOError:
+                    pass
+            async with self._send_lock:
+                while True:
+                    await trio.lowlevel.wait_writable(self._sock)
+                    try:
+                        self._sock.sendmsg(msg, ancillary)
+                        return
+                    except BlockingIOError:
+                        pass
+        except (OSError, trio.ClosedResourceError) as exc:
+            # Most likely the template is gone, and serve() settles the rest.
+            if reply is not None and not reply.done.is_set():
+                if reply in self._replies:
+                    self._replies.remove(reply)
+                reply.fail(f"could not reach the fork server: {exc!r}")
 
     def _forget(self, child: _ForkChild) -> None:
         """The template cannot report ``child`` any more: kill its group, settle it."""
@@ -269,20 +292,28 @@ class _Template:
 
     async def serve(self) -> None:
         try:
-            while True:
-                data = await self._sock.recv(65536)
-                if not data:
-                    break
-                if not self._dispatch(data):
-                    logger.error("fork server pid=%d broke the protocol; killing it", self.pid)
-                    break
-        except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+            while self._serve_ready():
+                await trio.lowlevel.wait_readable(self._sock)
+        except (OSError, trio.ClosedResourceError):
             pass  # closed by aclose(), or the template is gone
         except Exception:
             logger.exception("fork server pid=%d: unexpected error; killing it", self.pid)
         finally:
             with trio.CancelScope(shield=True):
                 await self._end()
+
+    def _serve_ready(self) -> bool:
+        """Handle every message waiting (one per recv); False once the channel ends."""
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return True
+            if not data:
+                return False
+            if not self._dispatch(data):
+                logger.error("fork server pid=%d broke the protocol; killing it", self.pid)
+                return False
 
     def _dispatch(self, data: bytes) -> bool:
         if len(data) < proto.MSG.size:
@@ -309,7 +340,7 @@ class _Template:
     async def _end(self) -> None:
         """The control channel ended: nothing of this template may outlive it."""
         self.alive = False
-        self._sock.close()
+        self._close_socket()
         if not self.started.is_set():
             rc = await self._reap()
             self.start_error = WorkerStartError(

@@ -27,6 +27,7 @@ SIGKILLs every worker's process group it still has and exits at once.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found,unused-ignore]
 import os
 import select
 import signal
@@ -102,11 +103,10 @@ def run_worker(fds: tuple[int, int], parent_main: str = "") -> NoReturn:
     ``atexit`` handlers, flush stdio, then ``os._exit`` -- skipping the
     interpreter's module teardown, which costs a one-shot worker milliseconds.
     """
-    from procsup._child import main
+    from procsup._child import run
 
     try:
-        main(*fds, parent_main)
-        code = 0
+        code = run(*fds, parent_main)
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except BaseException:  # noqa: BLE001 -- reported as the interpreter would
@@ -195,7 +195,9 @@ def _become_worker(
 ) -> tuple[int, int]:
     os.setpgid(0, 0)
     signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # _signal's, not signal's: that one's enum conversion of the old handler
+    # costs a forked worker some 70 page faults.
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     ctrl.close()
     os.close(wake_r)
     os.close(wake_w)

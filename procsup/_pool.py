@@ -27,7 +27,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
 
 import attrs
@@ -208,7 +208,7 @@ class Pool:
         self._jobs_completed = 0
         self._subscribers: list[trio.MemorySendChannel[PoolEvent]] = []
         self._rng = random.Random()
-        self._changed_event = trio.Event()
+        self._changed_event: trio.Event | None = None  # made when someone waits
 
     # -- public --------------------------------------------------------------
 
@@ -320,7 +320,7 @@ class Pool:
         self._check_open()
         timeout = self._options.acquire_timeout
         errors: list[BaseException] = []
-        with trio.move_on_after(math.inf if timeout is None else timeout):
+        with trio.move_on_after(timeout) if timeout is not None else nullcontext():
             attempts = 0
             while True:
                 got = await self._wait_one_attempt()
@@ -548,11 +548,18 @@ class Pool:
         member.state = state
         if state != GONE:
             self._counts[state] += 1
-        self._changed_event.set()
-        self._changed_event = trio.Event()
+        self._notify_changed()
 
     def _changed(self) -> trio.Event:
+        """Set at the next change of the counts (or of the pool's state)."""
+        if self._changed_event is None:
+            self._changed_event = trio.Event()
         return self._changed_event
+
+    def _notify_changed(self) -> None:
+        if self._changed_event is not None:
+            self._changed_event.set()
+            self._changed_event = None
 
     def _load(self) -> float:
         if self._options.load is not None:
@@ -585,9 +592,12 @@ class Pool:
         returncode: int | None = None,
         error: BaseException | None = None,
     ) -> None:
-        event = PoolEvent(kind, pid, trio.current_time(), returncode, error)
         level = EVENT_LEVELS[kind]
-        if logger.isEnabledFor(level):
+        log = logger.isEnabledFor(level)
+        if not (log or self._subscribers or self._options.on_event is not None):
+            return  # nobody listens: a one-shot worker has five events
+        event = PoolEvent(kind, pid, trio.current_time(), returncode, error)
+        if log:
             logger.log(level, "%s", event.describe())
         if self._options.on_event is not None:
             try:
@@ -607,7 +617,7 @@ class Pool:
             if member.state == IDLE:
                 self._set_state(member, CLOSING)
             member.retire_scope.cancel()
-        self._changed_event.set()
+        self._notify_changed()
 
 
 @asynccontextmanager

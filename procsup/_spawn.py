@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -107,6 +108,7 @@ class _ExecChild:
         self._popen = popen
         self._pidfd = _open_pidfd(popen.pid)
         self._returncode: int | None = None
+        self._exited: trio.Event | None = None  # without a pidfd: set by a waiting thread
 
     @property
     def pid(self) -> int:
@@ -132,8 +134,21 @@ class _ExecChild:
     async def _wait_exited_unreaped(self) -> None:
         if self._pidfd is not None:
             await trio.lowlevel.wait_readable(self._pidfd)
-        else:  # no pidfd (macOS, old Linux): a thread blocks in waitid
-            await trio.to_thread.run_sync(_waitid_nowait, self.pid, abandon_on_cancel=True)
+            return
+        # No pidfd (macOS, old Linux): one thread blocks in waitid for the
+        # child's whole life, however often this wait is cancelled and redone.
+        if self._exited is None:
+            self._exited = exited = trio.Event()
+            token = trio.lowlevel.current_trio_token()
+
+            def deliver(_: object) -> None:
+                try:
+                    token.run_sync_soon(exited.set)
+                except trio.RunFinishedError:
+                    pass
+
+            trio.lowlevel.start_thread_soon(partial(_waitid_nowait, self.pid), deliver)
+        await self._exited.wait()
 
 
 def _popen(argv: list[str], fds: tuple[int, ...]) -> subprocess.Popen[bytes]:

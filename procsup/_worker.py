@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import pickle
 import socket
 import sys
@@ -87,8 +88,10 @@ class Worker:
         self._exited = trio.Event()
         self._reader_done = trio.Event()
         self._reader_scope = trio.CancelScope()
+        # Pings: the exit watcher's wait has a deadline, the next ping or the
+        # answer's, moved by PONG (see _watch_exit).
         self._ping_stamp: float | None = None
-        self._pong = trio.Event()
+        self._watch_scope = trio.CancelScope()
         self.last_ping_rtt: float | None = None
         """Round trip of the last answered ping, in seconds."""
         self.memory_mb: float | None = None
@@ -262,7 +265,13 @@ class Worker:
         raise error from cause
 
     async def _watch_exit(self) -> None:
-        self._returncode = await self._process.wait()
+        """Wait for the process to end; meanwhile, at the scope's deadline,
+        send a ping or find the last one unanswered."""
+        while True:
+            with self._watch_scope:
+                self._returncode = await self._process.wait()
+                break
+            self._watch_scope = trio.CancelScope(deadline=self._ping_due())
         with trio.move_on_after(_DRAIN_GRACE):
             await self._reader_done.wait()
         self._reader_scope.cancel()
@@ -294,9 +303,10 @@ class Worker:
         elif kind == Kind.PONG:
             if fields[0] != self._ping_stamp:
                 raise _wire.FrameError("PONG does not echo the outstanding ping")
-            self.last_ping_rtt = trio.current_time() - fields[0]
+            now = trio.current_time()
+            self.last_ping_rtt = now - fields[0]
             self._ping_stamp = None
-            self._pong.set()
+            self._watch_scope.deadline = now + self._options.ping_interval
         elif self._retiring:
             pass  # an answer to an initialization we gave up on
         elif self._init_result is not None or self._phase != "init":
@@ -310,25 +320,27 @@ class Worker:
             self._init_result = outcome.Error(self._start_error(*fields))
             self._init_settled.set()
 
-    async def _ping_forever(self) -> None:
+    def _start_pings(self) -> None:
+        """Pings begin once the worker is first idle."""
+        self._watch_scope.deadline = trio.current_time() + self._options.ping_interval
+
+    def _ping_due(self) -> float:
+        """The watch deadline passed: send a ping, or give up on the last
+        one. Returns the next deadline."""
         opts = self._options
-        while True:
-            await trio.sleep(opts.ping_interval)
-            self._pong = trio.Event()
-            self._ping_stamp = trio.current_time()
-            with trio.move_on_after(opts.ping_timeout):
-                if self._channel.send_control(_wire.encode(Kind.PING, self._ping_stamp)):
-                    await self._pong.wait()
-                else:  # its control thread is stuck: it could not answer anyway
-                    await trio.sleep_forever()
-            if not self._pong.is_set():
-                self._set_failure(
-                    WorkerUnresponsiveError,
-                    "worker did not answer a ping",
-                    setting=f"ping_timeout={opts.ping_timeout:g}s",
-                )
-                self.kill()
-                return
+        if self._ping_stamp is not None:  # no PONG within ping_timeout
+            self._set_failure(
+                WorkerUnresponsiveError,
+                "worker did not answer a ping",
+                setting=f"ping_timeout={opts.ping_timeout:g}s",
+            )
+            self.kill()
+            return math.inf
+        self._ping_stamp = trio.current_time()
+        # If this cannot go, the worker's control thread is stuck: no answer
+        # comes, and the next deadline gives up on it.
+        self._channel.send_control(_wire.encode(Kind.PING, self._ping_stamp))
+        return self._ping_stamp + opts.ping_timeout
 
     async def _sample_memory_forever(self) -> None:
         from ._memory import sample_memory_mb
@@ -442,7 +454,6 @@ class Worker:
                 "worker died during a job", pid=self.pid, phase="job", returncode=self._returncode
             )
             job.settle(outcome.Error(err))
-        self._pong.set()
 
     def _start_error(self, type_name: str, message: str, tb: str, data: bytes) -> WorkerStartError:
         err = WorkerStartError(
@@ -637,16 +648,16 @@ async def _worker_tasks(worker: Worker, options: WorkerOptions) -> AsyncIterator
     ``aclose`` still has the reader and the exit watcher working for it.
     """
     async with open_service_nursery() as nursery:
+        worker._channel.bind(nursery)
         nursery.start_soon(worker._watch_exit)
         nursery.start_soon(worker._read_forever)
-        nursery.start_soon(worker._channel.flush_forever)
         if options.memory_limit_mb is not None or options.memory_warn_mb is not None:
             # From spawn: an initializer over the limit is a start failure (with
             # backoff), not a warm worker killed at once and respawned forever.
             nursery.start_soon(worker._sample_memory_forever)
         try:
             await worker._initialize()
-            nursery.start_soon(worker._ping_forever)
+            worker._start_pings()
             yield
         finally:
             with trio.CancelScope(shield=True):

@@ -217,6 +217,27 @@ async def test_pings_are_answered_while_a_sync_job_runs() -> None:
         assert worker.last_ping_rtt is not None
 
 
+async def test_without_a_pidfd_one_thread_watches_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # macOS and old Linux have no pidfd: a thread blocks in waitid instead,
+    # one per child however many pings cut the wait short.
+    import threading
+
+    from procsup import _spawn
+
+    monkeypatch.setattr(_spawn, "_open_pidfd", lambda pid: None)
+    async with procsup.open_worker(
+        max_jobs=None, ping_interval=0.02, start_method="exec"
+    ) as worker:
+        threads_before = threading.active_count()
+        assert await worker.run(helpers.sleep_for, 0.3) == "slept"  # 15 ping cycles
+        assert threading.active_count() <= threads_before + 1
+        with pytest.raises(procsup.WorkerCrashedError) as info:
+            await worker.run(helpers.exit_now, 5)
+    assert info.value.returncode == 5
+
+
 async def test_memory_limit_kills_with_the_measured_figure() -> None:
     async with procsup.open_worker(memory_limit_mb=150, memory_interval=0.05) as worker:
         with pytest.raises(procsup.MemoryLimitError) as info:
