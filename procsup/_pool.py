@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
@@ -147,6 +147,52 @@ class _Member:
         self.retire_scope = trio.CancelScope()
 
 
+class _StartSlots:
+    """At most ``size`` starts warm at once; the others queue, first come
+    first served. Unlike a semaphore, the set of starts holding a slot is
+    known the moment a slot changes hands: an acquirer's attempt depends on
+    exactly those."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._queue: deque[int] = deque()
+        self._granted: dict[int, trio.Event] = {}  # queued starts' wakeups
+        self.holders: set[int] = set()
+
+    def request(self, seq: int) -> bool:
+        """Take a slot for start ``seq`` now (True), or queue it (False)."""
+        if self._free > 0:
+            self._free -= 1
+            self.holders.add(seq)
+            return True
+        self._queue.append(seq)
+        self._granted[seq] = trio.Event()
+        return False
+
+    async def wait(self, seq: int) -> None:
+        """Until queued start ``seq`` holds a slot."""
+        event = self._granted.get(seq)
+        if event is not None:
+            await event.wait()
+
+    def release(self, seq: int) -> None:
+        """Start ``seq`` settled (or gave up): its slot, or its place in the
+        queue, goes to the next. Idempotent."""
+        if seq in self._granted:  # still queued
+            self._queue.remove(seq)
+            del self._granted[seq]
+            return
+        if seq not in self.holders:
+            return
+        self.holders.discard(seq)
+        if self._queue:
+            successor = self._queue.popleft()
+            self.holders.add(successor)
+            self._granted.pop(successor).set()
+        else:
+            self._free += 1
+
+
 class PooledWorker:
     """A warm worker lent by :meth:`Pool.acquire`, valid inside its block."""
 
@@ -192,10 +238,9 @@ class Pool:
         self._counts: Counter[str] = Counter()
         self._seq = itertools.count(1)
         self._in_flight: set[int] = set()  # starts not yet settled
-        self._running: set[int] = set()  # of those, the ones holding a start slot
         self._ready_send, self._ready_recv = trio.open_memory_channel[_Member](math.inf)
         self._settled = MultiCancelScope()
-        self._start_slots = trio.Semaphore(options.start_slots)
+        self._start_slots = _StartSlots(options.start_slots)
         self._waiting = 0
         self._starts = 0
         self._start_failures = 0
@@ -382,7 +427,7 @@ class Pool:
     def _depended_on(self) -> set[int]:
         """The starts an attempt waits for: those warming now, not those
         queued for a start slot (they would add a whole init_timeout)."""
-        return set(self._running) or set(self._in_flight)
+        return set(self._start_slots.holders) or set(self._in_flight)
 
     def _take_ready(self) -> tuple[_Member, Worker] | None:
         while True:
@@ -453,27 +498,29 @@ class Pool:
         self._members[member.seq] = member
         self._in_flight.add(member.seq)
         self._set_state(member, WARMING)
+        self._start_slots.request(member.seq)
         self._nursery.start_soon(self._lifetime, member, name=f"procsup-worker-{member.seq}")
 
     async def _lifetime(self, member: _Member) -> None:
         """Own one child from spawn to reap."""
         try:
             async with AsyncExitStack() as stack:
-                async with self._start_slots:
-                    self._running.add(member.seq)
-                    try:
-                        worker = await stack.enter_async_context(
-                            supervise(self._worker_options, self._spawner, self._spawned)
-                        )
-                    except WorkerStartError as exc:
-                        self._start_failed(member, exc)
-                        return
+                await self._start_slots.wait(member.seq)
+                try:
+                    worker = await stack.enter_async_context(
+                        supervise(self._worker_options, self._spawner, self._spawned)
+                    )
+                except WorkerStartError as exc:
+                    self._start_failed(member, exc)
+                    return
+                self._start_slots.release(member.seq)
                 self._ready(member, worker)
                 with member.retire_scope:
                     await worker.wait_exited()
                 if member.state == IDLE:
                     self._set_state(member, CLOSING)
         finally:
+            self._start_slots.release(member.seq)
             self._gone(member)
 
     def _spawned(self, pid: int) -> None:
@@ -483,7 +530,6 @@ class Pool:
     def _ready(self, member: _Member, worker: Worker) -> None:
         member.worker = worker
         self._in_flight.discard(member.seq)
-        self._running.discard(member.seq)
         self._start_successes += 1
         self._consecutive_failures = 0
         self._backoff_until = -math.inf
@@ -493,7 +539,6 @@ class Pool:
 
     def _start_failed(self, member: _Member, exc: WorkerStartError) -> None:
         self._in_flight.discard(member.seq)
-        self._running.discard(member.seq)
         self._start_failures += 1
         self._consecutive_failures += 1
         self._last_start_error = exc
@@ -510,7 +555,6 @@ class Pool:
 
     def _gone(self, member: _Member) -> None:
         self._in_flight.discard(member.seq)
-        self._running.discard(member.seq)
         self._set_state(member, GONE)
         del self._members[member.seq]
         worker = member.worker

@@ -112,6 +112,26 @@ async def test_acquire_never_hangs_when_every_start_fails(
     assert not _children()
 
 
+async def test_an_attempt_waits_only_for_the_starts_warming_now() -> None:
+    """idle=6 queues six starts behind one start slot. A hanging initializer
+    must cost the acquirer one init_timeout per attempt, not one per queued
+    start: an attempt depends on the starts holding a slot."""
+    start = trio.current_time()
+    async with procsup.open_pool(
+        helpers.hanging_init,
+        idle=6,
+        max_concurrent_starts=1,
+        init_timeout=0.5,
+        max_acquire_attempts=1,
+    ) as pool:
+        with pytest.raises(procsup.NoWorkerAvailableError):
+            await pool.run(helpers.noop)
+        waited = trio.current_time() - start
+    # The promise: attempts x init_timeout, plus 1 s. Waiting for the queue
+    # would take 7 x 0.5 s.
+    assert waited < 1 * 0.5 + 1
+
+
 async def test_acquire_timeout_bounds_the_wait() -> None:
     async with procsup.open_pool(helpers.hanging_init, idle=0, acquire_timeout=0.3) as pool:
         with pytest.raises(procsup.NoWorkerAvailableError, match=r"acquire_timeout=0\.3s"):
