@@ -27,18 +27,24 @@ SIGKILLs every worker's process group it still has and exits at once.
 
 from __future__ import annotations
 
+# The C modules, not signal, socket and typing: those pull in enum,
+# selectors and more, and the template's start is on the path of a pool's
+# first warm workers.
 import _signal  # type: ignore[import-not-found,unused-ignore]
+import _socket
 import os
 import select
-import signal
-import socket
 import struct
 import sys
-from typing import NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 __all__ = ["MSG", "run_worker", "serve"]
 
 MSG = struct.Struct("!Bqq")
+_FD = struct.Struct("i")
 # parent -> template
 FORK = 1
 ACK = 2
@@ -63,11 +69,11 @@ def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, int]:
     reset and the template's descriptors closed. (No ``finally`` or ``with``
     here: a forked worker unwinds these frames.)
     """
-    ctrl = socket.socket(fileno=ctrl_fd)
+    ctrl = _socket.socket(fileno=ctrl_fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)  # one byte is news enough
-    signal.signal(signal.SIGCHLD, _ignore)  # a Python handler, so wake_w is written
+    _signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)  # one byte is news enough
+    _signal.signal(_signal.SIGCHLD, _ignore)  # a Python handler, so wake_w is written
     _preload(ctrl, preload)
     _send(ctrl, READY, os.getpid())
     poller = select.poll()
@@ -80,7 +86,7 @@ def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, int]:
                 continue
             fds: list[int] = []
             try:
-                msg, fds, _, _ = socket.recv_fds(ctrl, MSG.size, 2)
+                msg, fds = _recv_with_fds(ctrl, MSG.size, 2)
             except OSError:
                 msg = b""
             if len(msg) != MSG.size:  # EOF, or a parent we do not understand
@@ -139,14 +145,25 @@ def _ignore(signum: int, frame: object) -> None:
     pass
 
 
-def _send(ctrl: socket.socket, kind: int, pid: int = 0, value: int = 0, text: bytes = b"") -> None:
+def _recv_with_fds(sock: _socket.socket, size: int, max_fds: int) -> tuple[bytes, list[int]]:
+    """One message and the descriptors sent with it (socket.recv_fds, without
+    importing socket)."""
+    fds: list[int] = []
+    msg, ancillary, _, _ = sock.recvmsg(size, _socket.CMSG_LEN(max_fds * _FD.size))
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.extend(fd for (fd,) in _FD.iter_unpack(data[: len(data) - len(data) % _FD.size]))
+    return msg, fds
+
+
+def _send(ctrl: _socket.socket, kind: int, pid: int = 0, value: int = 0, text: bytes = b"") -> None:
     try:
         ctrl.send(MSG.pack(kind, pid, value) + text)
     except OSError:
         _shutdown()  # the parent is gone
 
 
-def _preload(ctrl: socket.socket, names: list[str]) -> None:
+def _preload(ctrl: _socket.socket, names: list[str]) -> None:
     import importlib
 
     for name in ("pickle", "procsup._child"):  # what every worker needs, imported once
@@ -162,7 +179,7 @@ def _preload(ctrl: socket.socket, names: list[str]) -> None:
             os._exit(1)
 
 
-def _fork(ctrl: socket.socket, fds: list[int]) -> int:
+def _fork(ctrl: _socket.socket, fds: list[int]) -> int:
     """Fork one worker on ``fds``; returns 0 in the worker, its pid (or -1) here."""
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
@@ -191,12 +208,12 @@ def _close_all(fds: list[int]) -> None:
 
 
 def _become_worker(
-    ctrl: socket.socket, wake_r: int, wake_w: int, fds: list[int]
+    ctrl: _socket.socket, wake_r: int, wake_w: int, fds: list[int]
 ) -> tuple[int, int]:
     os.setpgid(0, 0)
-    signal.set_wakeup_fd(-1)
-    # _signal's, not signal's: that one's enum conversion of the old handler
-    # costs a forked worker some 70 page faults.
+    _signal.set_wakeup_fd(-1)
+    # The C function: signal.signal's enum conversion of the old handler
+    # would cost a forked worker some 70 page faults.
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     ctrl.close()
     os.close(wake_r)
@@ -204,7 +221,7 @@ def _become_worker(
     return fds[0], fds[1]
 
 
-def _reap(ctrl: socket.socket) -> None:
+def _reap(ctrl: _socket.socket) -> None:
     """Report every acknowledged worker that has ended."""
     for pid in [pid for pid, acked in _children.items() if acked]:
         try:
@@ -221,7 +238,7 @@ def _reap(ctrl: socket.socket) -> None:
 
 def _kill_group(pgid: int) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, _signal.SIGKILL)
     except OSError:
         pass
 
