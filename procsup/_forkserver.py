@@ -230,26 +230,25 @@ class _Template:
     async def fork(self, fd: int, control_fd: int) -> _ForkChild:
         """Ask for one worker on these socket ends. Shielded, with a deadline: once
         asked for, a worker must reach its owner or be killed."""
-        with trio.CancelScope(shield=True):
-            reply = _Reply()
-            with trio.move_on_after(_REPLY_DEADLINE):
-                await self._request(proto.FORK, fds=(fd, control_fd), reply=reply)
-                await reply.done.wait()
-            if not reply.done.is_set():
-                logger.error(
-                    "fork server pid=%d did not answer a fork request; killing it", self.pid
-                )
-                self.kill()
-                raise WorkerStartError("the fork server did not answer", pid=None, phase="init")
-            if reply.error is not None:
-                raise reply.error
-            child = _ForkChild(self, reply.pid, _open_pidfd(reply.pid))
-            self._children[child.pid] = child
-            if not self.alive:  # it died before it could be told to reap this one
-                self._forget(child)
-            else:
-                await self._request(proto.ACK, child.pid)
-        return child
+        reply = _Reply()
+        # One scope, shielded and with a deadline, for the request, the
+        # answer and the acknowledgement.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + _REPLY_DEADLINE):
+            await self._request(proto.FORK, fds=(fd, control_fd), reply=reply)
+            await reply.done.wait()
+            if reply.error is None:
+                child = _ForkChild(self, reply.pid, _open_pidfd(reply.pid))
+                self._children[child.pid] = child
+                if not self.alive:  # it died before it could be told to reap this one
+                    self._forget(child)
+                else:
+                    await self._request(proto.ACK, child.pid)
+                return child
+        if reply.error is not None:
+            raise reply.error
+        logger.error("fork server pid=%d did not answer a fork request; killing it", self.pid)
+        self.kill()  # and its end settles the child, if it got as far as one
+        raise WorkerStartError("the fork server did not answer", pid=None, phase="init")
 
     async def _request(
         self, kind: int, pid: int = 0, *, fds: tuple[int, ...] = (), reply: _Reply | None = None

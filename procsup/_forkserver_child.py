@@ -109,6 +109,8 @@ def run_worker(fds: tuple[int, int], parent_main: str = "") -> NoReturn:
     ``atexit`` handlers, flush stdio, then ``os._exit`` -- skipping the
     interpreter's module teardown, which costs a one-shot worker milliseconds.
     """
+    import atexit
+
     from procsup._child import run
 
     try:
@@ -122,8 +124,6 @@ def run_worker(fds: tuple[int, int], parent_main: str = "") -> NoReturn:
         threading = sys.modules.get("threading")  # no module, no threads of its making
         if threading is not None:
             threading._shutdown()
-        import atexit
-
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:
@@ -166,7 +166,9 @@ def _send(ctrl: _socket.socket, kind: int, pid: int = 0, value: int = 0, text: b
 def _preload(ctrl: _socket.socket, names: list[str]) -> None:
     import importlib
 
-    for name in ("pickle", "procsup._child"):  # what every worker needs, imported once
+    # What every worker needs, imported once: a worker pays for each module it
+    # imports itself twice over, in time and in page faults (atexit: ~57).
+    for name in ("atexit", "pickle", "procsup._child"):
         importlib.import_module(name)
     for name in names:
         try:

@@ -272,8 +272,9 @@ class Worker:
                 self._returncode = await self._process.wait()
                 break
             self._watch_scope = trio.CancelScope(deadline=self._ping_due())
-        with trio.move_on_after(_DRAIN_GRACE):
-            await self._reader_done.wait()
+        if not self._reader_done.is_set():  # (a scope costs; most EOFs came first)
+            with trio.move_on_after(_DRAIN_GRACE):
+                await self._reader_done.wait()
         self._reader_scope.cancel()
         self._settle_on_exit()
         self._exited.set()
@@ -287,8 +288,9 @@ class Worker:
             finally:
                 self._reader_done.set()
             # EOF. A child that closes its channel yet keeps running is broken.
-            with trio.move_on_after(_DRAIN_GRACE):
-                await self._exited.wait()
+            if not self._exited.is_set():
+                with trio.move_on_after(_DRAIN_GRACE):
+                    await self._exited.wait()
             if not self._exited.is_set():
                 self._protocol_violation("worker closed its channel but kept running")
 
@@ -409,6 +411,8 @@ class Worker:
         await self._kill_and_reap()
 
     async def _kill_and_reap(self) -> None:
+        if self._exited.is_set():
+            return
         with trio.CancelScope(shield=True):
             if not self._exited.is_set():
                 self.kill()
