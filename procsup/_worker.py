@@ -87,11 +87,15 @@ class Worker:
         self._job: _PendingJob | None = None
         self._exited = trio.Event()
         self._reader_done = trio.Event()
-        self._reader_scope = trio.CancelScope()
-        # Pings: the exit watcher's wait has a deadline, the next ping or the
-        # answer's, moved by PONG (see _watch_exit).
-        self._ping_stamp: float | None = None
+        # The exit watcher's wait is also the worker's timer (see _watch_exit):
+        # its deadline is the earliest of these.
         self._watch_scope = trio.CancelScope()
+        self._init_deadline = math.inf  # initialization must end by then
+        self._eof_deadline = math.inf  # the channel closed: the process must end by then
+        self._ping_deadline = math.inf  # send a ping, or give up on the last one
+        self._ping_stamp: float | None = None
+        self._init_timed_out = False
+        self._unsent_init = b""  # the part of INIT the socket could not take before spawn
         self.last_ping_rtt: float | None = None
         """Round trip of the last answered ping, in seconds."""
         self.memory_mb: float | None = None
@@ -223,20 +227,16 @@ class Worker:
     # -- lifecycle, used by supervise() -------------------------------------
 
     async def _initialize(self) -> None:
-        """Send the initializer and wait for the first of: ready, raised,
-        exited, ``init_timeout``. On failure the child is killed and reaped
-        and WorkerStartError raised."""
+        """Send what is left of INIT (see :func:`supervise`) and wait for the
+        first of: ready, raised, exited, ``init_timeout``. On failure the
+        child is killed and reaped and WorkerStartError raised."""
         opts = self._options
-        init = _wire.encode(
-            Kind.INIT,
-            opts.initializer_payload,
-            opts.max_jobs or 0,
-            logging.getLogger().getEffectiveLevel(),
-            opts.max_message_bytes,
-        )
-        with trio.move_on_after(opts.init_timeout) as deadline:
-            self._send_quietly(init)
-            await self._init_settled.wait()
+        self._init_deadline = trio.current_time() + opts.init_timeout
+        self._rearm()
+        if self._unsent_init:
+            self._send_quietly(self._unsent_init)
+        await self._init_settled.wait()  # by an answer, the exit, or the timer's kill
+        self._init_deadline = math.inf
         result = self._init_result
         if isinstance(result, outcome.Value):
             self._phase = "idle"
@@ -245,12 +245,9 @@ class Worker:
         if isinstance(result, outcome.Error):  # the initializer raised
             cause = result.error
             what = str(getattr(cause, "what", cause))
-        elif deadline.cancelled_caught:
+        elif self._init_timed_out:
             cause = None
             what = "initializer did not finish in time"
-            self._set_failure(
-                WorkerStartError, what, setting=f"init_timeout={opts.init_timeout:g}s"
-            )
         else:  # the process ended, or broke the protocol, before answering
             cause = self._failure
             what = cause.what if cause else "worker exited during initialization"
@@ -265,34 +262,31 @@ class Worker:
         raise error from cause
 
     async def _watch_exit(self) -> None:
-        """Wait for the process to end; meanwhile, at the scope's deadline,
-        send a ping or find the last one unanswered."""
+        """Wait for the process to end. The wait is also the worker's timer:
+        at its scope's deadline, :meth:`_timer_fired` enforces
+        ``init_timeout``, the grace after EOF, and pings."""
         while True:
             with self._watch_scope:
                 self._returncode = await self._process.wait()
                 break
-            self._watch_scope = trio.CancelScope(deadline=self._ping_due())
-        if not self._reader_done.is_set():  # (a scope costs; most EOFs came first)
+            self._watch_scope = trio.CancelScope()
+            self._timer_fired()
+        if not self._reader_done.is_set():  # what it wrote before dying still counts
             with trio.move_on_after(_DRAIN_GRACE):
                 await self._reader_done.wait()
-        self._reader_scope.cancel()
         self._settle_on_exit()
         self._exited.set()
 
     async def _read_forever(self) -> None:
-        with self._reader_scope:
-            try:
-                await self._channel.receive_forever(self._dispatch)
-            except _wire.FrameError as exc:
-                self._protocol_violation(str(exc))
-            finally:
-                self._reader_done.set()
-            # EOF. A child that closes its channel yet keeps running is broken.
-            if not self._exited.is_set():
-                with trio.move_on_after(_DRAIN_GRACE):
-                    await self._exited.wait()
-            if not self._exited.is_set():
-                self._protocol_violation("worker closed its channel but kept running")
+        try:
+            await self._channel.receive_forever(self._dispatch)
+        except _wire.FrameError as exc:
+            self._protocol_violation(str(exc))
+        finally:
+            self._reader_done.set()
+        # EOF. A child that closes its channel yet keeps running is broken.
+        self._eof_deadline = trio.current_time() + _DRAIN_GRACE
+        self._rearm()
 
     def _dispatch(self, kind: int, fields: tuple[Any, ...]) -> None:
         if kind in _JOB_ANSWERS:
@@ -308,7 +302,8 @@ class Worker:
             now = trio.current_time()
             self.last_ping_rtt = now - fields[0]
             self._ping_stamp = None
-            self._watch_scope.deadline = now + self._options.ping_interval
+            self._ping_deadline = now + self._options.ping_interval
+            self._rearm()
         elif self._retiring:
             pass  # an answer to an initialization we gave up on
         elif self._init_result is not None or self._phase != "init":
@@ -324,11 +319,36 @@ class Worker:
 
     def _start_pings(self) -> None:
         """Pings begin once the worker is first idle."""
-        self._watch_scope.deadline = trio.current_time() + self._options.ping_interval
+        self._ping_deadline = trio.current_time() + self._options.ping_interval
+        self._rearm()
+
+    def _rearm(self) -> None:
+        self._watch_scope.deadline = min(
+            self._init_deadline, self._eof_deadline, self._ping_deadline
+        )
+
+    def _timer_fired(self) -> None:
+        """Act on whichever deadlines have passed, then re-arm the timer."""
+        opts = self._options
+        now = trio.current_time()
+        if now >= self._init_deadline and not self._init_settled.is_set():
+            self._init_deadline = math.inf
+            self._init_timed_out = True
+            self._set_failure(
+                WorkerStartError,
+                "initializer did not finish in time",
+                setting=f"init_timeout={opts.init_timeout:g}s",
+            )
+            self.kill()
+        if now >= self._eof_deadline:
+            self._eof_deadline = math.inf
+            self._protocol_violation("worker closed its channel but kept running")
+        if now >= self._ping_deadline:
+            self._ping_deadline = self._ping_due()
+        self._rearm()
 
     def _ping_due(self) -> float:
-        """The watch deadline passed: send a ping, or give up on the last
-        one. Returns the next deadline."""
+        """Send a ping, or give up on the last one; returns the next deadline."""
         opts = self._options
         if self._ping_stamp is not None:  # no PONG within ping_timeout
             self._set_failure(
@@ -560,6 +580,26 @@ def _dump_job(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> byte
     return data
 
 
+def _init_frame(options: WorkerOptions) -> bytes:
+    return _wire.encode(
+        Kind.INIT,
+        options.initializer_payload,
+        options.max_jobs or 0,
+        logging.getLogger().getEffectiveLevel(),
+        options.max_message_bytes,
+    )
+
+
+def _send_ahead(sock: socket.socket, frame: bytes) -> bytes:
+    """Put what the socket takes of ``frame`` in it now; return the rest."""
+    sock.setblocking(False)
+    try:
+        sent = sock.send(frame)
+    except BlockingIOError:
+        sent = 0
+    return frame[sent:]
+
+
 def _rebuild_exception(type_name: str, message: str, tb: str, data: bytes) -> BaseException:
     exc: BaseException | None = None
     if data:
@@ -620,6 +660,10 @@ async def supervise(
     """
     parent_sock, child_sock = socket.socketpair()
     parent_control, child_control = socket.socketpair()
+    # INIT goes in before the process exists, so that it reads it as soon as
+    # it runs: off the path to warm are our handling of the spawn and a
+    # round trip through the event loop.
+    unsent_init = _send_ahead(parent_sock, _init_frame(options))
     try:
         process = await spawner.spawn(child_sock.fileno(), child_control.fileno())
     except BaseException as exc:
@@ -634,6 +678,7 @@ async def supervise(
         child_sock.close()
         child_control.close()
     worker = Worker(options, process, parent_sock, parent_control)
+    worker._unsent_init = unsent_init
     if on_spawn is not None:
         on_spawn(process.pid)
     try:

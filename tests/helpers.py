@@ -24,6 +24,10 @@ def sleep_1s_init() -> str:
     return "warm"
 
 
+def echo_init(value: Any) -> Any:
+    return value
+
+
 def state() -> Any:
     import procsup
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -53,6 +54,14 @@ async def test_worker_state_is_what_the_initializer_returned() -> None:
     async with procsup.open_worker(helpers.sleepy_init) as worker:
         state = await worker.run(helpers.state)
     assert state == {"model": "loaded", "pid": worker.pid}
+
+
+async def test_an_initializer_larger_than_the_socket_buffer() -> None:
+    # INIT is written ahead of the spawn; what the socket cannot hold yet
+    # follows once the worker reads.
+    data = os.urandom(8 * 1024 * 1024)
+    async with procsup.open_worker(functools.partial(helpers.echo_init, data)) as worker:
+        assert await worker.run(helpers.state) == data
 
 
 async def test_initializer_as_module_function_string() -> None:
