@@ -79,7 +79,8 @@ class _Channel:
         self._lock = _thread.allocate_lock()
         self._logs: deque[bytes] = deque()
         self._wake: SimpleQueue[None] | None = None  # wakes the log writer thread
-        self.dropped_logs = 0
+        self._dropped_lock = _thread.allocate_lock()  # held for a counter update only
+        self._dropped_logs = 0
 
     def send(self, frame: bytes) -> None:
         with self._lock:
@@ -87,9 +88,11 @@ class _Channel:
             self._write(frame)
 
     def post_log(self, frame: bytes) -> None:
-        """Queue a log frame; never blocks (drops and counts past a bound)."""
+        """Queue a log frame; never blocks. Past a bound, records are dropped;
+        the parent is told how many."""
         if len(self._logs) >= _MAX_PENDING_LOGS:
-            self.dropped_logs += 1
+            with self._dropped_lock:
+                self._dropped_logs += 1
             return
         self._logs.append(frame)
         if self._wake is None:
@@ -112,6 +115,10 @@ class _Channel:
     def _drain_logs(self) -> None:
         while self._logs:
             self._write(self._logs.popleft())
+        if self._dropped_logs:
+            with self._dropped_lock:
+                dropped, self._dropped_logs = self._dropped_logs, 0
+            self._write(_dropped_logs_frame(dropped))
 
     def _write(self, data: bytes) -> None:
         written = os.write(self.fd, data)
@@ -119,6 +126,17 @@ class _Channel:
             view = memoryview(data)[written:]
             while view:
                 view = view[os.write(self.fd, view) :]
+
+
+def _dropped_logs_frame(count: int) -> bytes:
+    import time
+
+    message = (
+        f"{count} log record{'s' if count != 1 else ''} dropped: more than "
+        f"{_MAX_PENDING_LOGS} were waiting to be sent (the job logs faster than the "
+        "channel carries)"
+    )
+    return encode(Kind.LOG, "procsup", 30, message, time.time(), "", 0, "", "")
 
 
 class _FrameReader:

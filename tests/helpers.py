@@ -122,6 +122,15 @@ def log_lines(n: int = 3) -> int:
     return n
 
 
+def log_flood(n: int) -> int:
+    import logging
+
+    log = logging.getLogger("tests.flood")
+    for i in range(n):
+        log.warning("flood %d", i)
+    return n
+
+
 def log_then_exit() -> None:
     import logging
 

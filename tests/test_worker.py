@@ -326,6 +326,21 @@ async def test_unbounded_worker_runs_many_jobs_in_one_process() -> None:
 # -- logs --
 
 
+async def test_a_log_flood_drops_records_and_says_how_many(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    total = 60_000
+    async with procsup.open_worker() as worker:
+        assert await worker.run(helpers.log_flood, total) == total
+    flood = [r for r in caplog.records if r.name == "tests.flood"]
+    notices = [r for r in caplog.records if "log records dropped" in r.getMessage()]
+    assert notices, "the parent was not told that records were dropped"
+    assert all(r.name == "procsup" and r.worker_pid == worker.pid for r in notices)
+    dropped = sum(int(r.getMessage().split("] ")[1].split()[0]) for r in notices)
+    assert len(flood) + dropped == total  # nothing lost silently
+
+
 async def test_child_logs_arrive_tagged_with_the_pid(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     async with procsup.open_worker(max_jobs=None) as worker:
