@@ -132,6 +132,7 @@ def all_cases() -> list[Case]:
         Case("python_start", "floors", _floors, script="floors.py"),
         Case("fork_rate", "floors", _floors, script="floors.py"),
         Case("socketpair_rtt", "floors", _floors, script="floors.py"),
+        Case("trio_rtt", "floors", _floors, script="floors.py"),
         Case("worker_spawn", "worker", _procsup("worker_spawn")),
         Case("worker_rtt", "worker", _procsup("worker_rtt")),
     ]
@@ -168,9 +169,9 @@ def all_cases() -> list[Case]:
 # Cases whose figures the targets compare against: selecting the left one
 # (by group) also runs the right ones.
 REFERENCES = {
-    "worker": ("python_start", "socketpair_rtt"),
+    "worker": ("python_start", "socketpair_rtt", "trio_rtt"),
     "w1": ("fork_rate",),
-    "w4": ("socketpair_rtt",),
+    "w4": ("socketpair_rtt", "trio_rtt"),
 }
 
 

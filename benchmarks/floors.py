@@ -52,7 +52,37 @@ def fork_rate(quick: bool) -> dict[str, Any]:
 def socketpair_rtt(quick: bool) -> dict[str, Any]:
     """Round trip of a 32-byte message to a forked echo child over a blocking
     socketpair: the floor under any worker's job round trip."""
-    n = 200 if quick else 2000
+    parent, pid = _echo_child()
+
+    def round_trip() -> None:
+        parent.sendall(MESSAGE)
+        _recv_exact(parent, len(MESSAGE))
+
+    return _time_round_trips(parent, pid, round_trip, quick)
+
+
+def trio_rtt(quick: bool) -> dict[str, Any]:
+    """The same round trip from a trio event loop -- send, ``wait_readable``,
+    recv, no other work: the floor under any trio library's round trip."""
+    parent, pid = _echo_child()  # forked before trio (and its threads) exist
+    import trio
+
+    parent.setblocking(False)
+
+    async def main() -> dict[str, Any]:
+        async def round_trip() -> None:
+            parent.send(MESSAGE)
+            got = 0
+            while got < len(MESSAGE):
+                await trio.lowlevel.wait_readable(parent)
+                got += len(parent.recv(len(MESSAGE) - got))
+
+        return await _time_round_trips_async(parent, pid, round_trip, quick)
+
+    return trio.run(main)
+
+
+def _echo_child() -> tuple[socket.socket, int]:
     parent, child = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # the echo child
@@ -63,13 +93,38 @@ def socketpair_rtt(quick: bool) -> dict[str, Any]:
         finally:
             os._exit(0)
     child.close()
+    return parent, pid
+
+
+def _time_round_trips(
+    parent: socket.socket, pid: int, round_trip: Any, quick: bool
+) -> dict[str, Any]:
+    n = 200 if quick else 2000
     try:
         latencies = []
         for i in range(n + 50):
             start = time.perf_counter()
-            parent.sendall(MESSAGE)
-            _recv_exact(parent, len(MESSAGE))
+            round_trip()
             if i >= 50:  # the first round trips warm caches and the scheduler
+                latencies.append(time.perf_counter() - start)
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    from _util import latency_summary
+
+    return latency_summary(latencies)
+
+
+async def _time_round_trips_async(
+    parent: socket.socket, pid: int, round_trip: Any, quick: bool
+) -> dict[str, Any]:
+    n = 200 if quick else 2000
+    try:
+        latencies = []
+        for i in range(n + 50):
+            start = time.perf_counter()
+            await round_trip()
+            if i >= 50:
                 latencies.append(time.perf_counter() - start)
     finally:
         parent.close()

@@ -161,6 +161,11 @@ def floors(r: Results) -> Section:
             lambda x: f"{fmt_rate(x['rate'])} (n={x['n']})",
         ),
         plain("socketpair ping-pong with a forked echo child", r.get("socketpair_rtt"), _latency),
+        plain(
+            "the same ping-pong from a trio loop (send, wait_readable, recv; no other work)",
+            r.get("trio_rtt"),
+            _latency,
+        ),
     ]
     return Section("A. Floors (this machine, this run)", rows)
 
