@@ -54,11 +54,16 @@ def socketpair_rtt(quick: bool) -> dict[str, Any]:
     socketpair: the floor under any worker's job round trip."""
     parent, pid = _echo_child()
 
-    def round_trip() -> None:
+    async def round_trip() -> None:  # awaits nothing: driven without a loop
         parent.sendall(MESSAGE)
         _recv_exact(parent, len(MESSAGE))
 
-    return _time_round_trips(parent, pid, round_trip, quick)
+    timing = _time_round_trips(parent, pid, round_trip, quick)
+    try:
+        timing.send(None)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("the round trip awaited something")
 
 
 def trio_rtt(quick: bool) -> dict[str, Any]:
@@ -77,7 +82,7 @@ def trio_rtt(quick: bool) -> dict[str, Any]:
                 await trio.lowlevel.wait_readable(parent)
                 got += len(parent.recv(len(MESSAGE) - got))
 
-        return await _time_round_trips_async(parent, pid, round_trip, quick)
+        return await _time_round_trips(parent, pid, round_trip, quick)
 
     return trio.run(main)
 
@@ -96,42 +101,37 @@ def _echo_child() -> tuple[socket.socket, int]:
     return parent, pid
 
 
-def _time_round_trips(
+_WARMUP = 50  # the first round trips warm caches and the scheduler
+
+
+async def _time_round_trips(
     parent: socket.socket, pid: int, round_trip: Any, quick: bool
 ) -> dict[str, Any]:
-    n = 200 if quick else 2000
+    """Time ``await round_trip()`` repeatedly, then reap the echo child."""
+    latencies: list[float] = []
     try:
-        latencies = []
-        for i in range(n + 50):
-            start = time.perf_counter()
-            round_trip()
-            if i >= 50:  # the first round trips warm caches and the scheduler
-                latencies.append(time.perf_counter() - start)
-    finally:
-        parent.close()
-        os.waitpid(pid, 0)
-    from _util import latency_summary
-
-    return latency_summary(latencies)
-
-
-async def _time_round_trips_async(
-    parent: socket.socket, pid: int, round_trip: Any, quick: bool
-) -> dict[str, Any]:
-    n = 200 if quick else 2000
-    try:
-        latencies = []
-        for i in range(n + 50):
+        for _ in range(_count(quick)):
             start = time.perf_counter()
             await round_trip()
-            if i >= 50:
-                latencies.append(time.perf_counter() - start)
+            latencies.append(time.perf_counter() - start)
     finally:
-        parent.close()
-        os.waitpid(pid, 0)
+        _reap_echo_child(parent, pid)
+    return _summary(latencies)
+
+
+def _count(quick: bool) -> int:
+    return (200 if quick else 2000) + _WARMUP
+
+
+def _reap_echo_child(parent: socket.socket, pid: int) -> None:
+    parent.close()
+    os.waitpid(pid, 0)
+
+
+def _summary(latencies: list[float]) -> dict[str, Any]:
     from _util import latency_summary
 
-    return latency_summary(latencies)
+    return latency_summary(latencies[_WARMUP:])
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
