@@ -145,8 +145,25 @@ def decode_body(
     """
     if end is None:
         end = len(data)
+    if end - start <= _SMALL and SCHEMAS[kind] == "ib":  # every job's JOB and RESULT
+        return _decode_small_id_payload(kind, data, start, end)
     with memoryview(data) as whole:  # released on return: data may then be resized
         return _decode_view(kind, whole[start:end])
+
+
+_SMALL = 4096
+
+
+def _decode_small_id_payload(
+    kind: int, data: bytes | bytearray, start: int, end: int
+) -> tuple[Field, ...]:
+    """(id, payload) without a memoryview: the hot path of a trivial job."""
+    if end - start < _ID_PAYLOAD.size:
+        raise FrameError(f"{NAMES[kind]}: malformed body (too short)")
+    job_id, size = _ID_PAYLOAD.unpack_from(data, start)
+    if _ID_PAYLOAD.size + size != end - start:
+        raise FrameError(f"{NAMES[kind]}: payload length does not match the frame")
+    return job_id, bytes(data[start + _ID_PAYLOAD.size : end])
 
 
 def _decode_view(kind: int, view: memoryview) -> tuple[Field, ...]:

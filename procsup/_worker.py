@@ -167,19 +167,17 @@ class Worker:
                 self._channel.send_nowait(_wire.encode(Kind.JOB, job.id, payload))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._kill_and_reap()
-                job.settle(
-                    outcome.Error(
-                        WorkerCrashedError(
-                            "worker died before the job was sent",
-                            pid=self.pid,
-                            phase="idle",
-                            returncode=self._returncode,
-                        )
+                job.fail(
+                    WorkerCrashedError(
+                        "worker died before the job was sent",
+                        pid=self.pid,
+                        phase="idle",
+                        returncode=self._returncode,
                     )
                 )
             await job.wait()
         except BaseException:
-            if job.result is None:
+            if not job.settled:
                 with trio.CancelScope(shield=True):
                     await self._abandon_job()
             raise
@@ -187,8 +185,9 @@ class Worker:
             self._job = None
             self._jobs_done += 1
             self._end_job()
-        assert job.result is not None
-        return job.result.unwrap()  # type: ignore[no-any-return]
+        if job.error is not None:
+            raise job.error
+        return job.value  # type: ignore[no-any-return]
 
     def kill(self) -> None:
         """SIGKILL the process and its process group now. The owner reaps it."""
@@ -291,9 +290,9 @@ class Worker:
     def _dispatch(self, kind: int, fields: tuple[Any, ...]) -> None:
         if kind in _JOB_ANSWERS:
             job = self._job
-            if job is None or job.result is not None or fields[0] != job.id:
+            if job is None or job.settled or fields[0] != job.id:
                 raise _wire.FrameError(f"{_wire.NAMES[kind]} for a job that is not running")
-            job.settle(self._job_outcome(kind, fields))
+            self._settle_job(job, kind, fields)
         elif kind == Kind.LOG:
             self._log_record(*fields)
         elif kind == Kind.PONG:
@@ -473,11 +472,11 @@ class Worker:
         if not self._init_settled.is_set():
             self._init_settled.set()
         job = self._job
-        if job is not None and job.result is None:
+        if job is not None and not job.settled:
             err = failure or WorkerCrashedError(
                 "worker died during a job", pid=self.pid, phase="job", returncode=self._returncode
             )
-            job.settle(outcome.Error(err))
+            job.fail(err)
 
     def _start_error(self, type_name: str, message: str, tb: str, data: bytes) -> WorkerStartError:
         err = WorkerStartError(
@@ -488,18 +487,21 @@ class Worker:
         err.__cause__ = RemoteTraceback(tb)
         return err
 
-    def _job_outcome(self, kind: int, fields: tuple[Any, ...]) -> outcome.Outcome[Any]:
+    def _settle_job(self, job: _PendingJob, kind: int, fields: tuple[Any, ...]) -> None:
         if kind == Kind.RESULT:
             try:
-                return outcome.Value(pickle.loads(fields[1]))
+                value = pickle.loads(fields[1])
             except Exception as exc:  # noqa: BLE001 -- unpickling runs arbitrary code
-                return outcome.Error(
+                job.fail(
                     SerializationError(
                         f"the job's result could not be unpickled in the parent: {exc!r}"
                     )
                 )
+            else:
+                job.succeed(value)
+            return
         _, type_name, message, tb, data = fields
-        return outcome.Error(_rebuild_exception(type_name, message, tb, data))
+        job.fail(_rebuild_exception(type_name, message, tb, data))
 
     def _log_record(
         self,
@@ -536,22 +538,32 @@ class _PendingJob:
     """A job's result, and the one task waiting for it. Lighter than a
     trio.Event: this is every job's round trip."""
 
-    __slots__ = ("_waiter", "id", "result")
+    __slots__ = ("_waiter", "error", "id", "settled", "value")
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
-        self.result: outcome.Outcome[Any] | None = None
+        self.settled = False
+        self.value: Any = None
+        self.error: BaseException | None = None
         self._waiter: trio.lowlevel.Task | None = None
 
-    def settle(self, result: outcome.Outcome[Any]) -> None:
-        self.result = result
+    def succeed(self, value: Any) -> None:
+        self.value = value
+        self._settle()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._settle()
+
+    def _settle(self) -> None:
+        self.settled = True
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             trio.lowlevel.reschedule(waiter)
 
     async def wait(self) -> None:
         """Until settled; cancellable (the result may still come later)."""
-        if self.result is not None:
+        if self.settled:
             await trio.lowlevel.checkpoint()
             return
         self._waiter = trio.lowlevel.current_task()
