@@ -114,7 +114,11 @@ def _survivors(token: str) -> list[psutil.Process]:
     return found
 
 
-def _run(argv: list[str], cwd: Path, where: str) -> None:
+def _run_marked(
+    argv: list[str], cwd: Path
+) -> tuple[subprocess.CompletedProcess[str], list[psutil.Process]]:
+    """Run ``argv`` with a unique marker in its environment; return how it
+    ended and the marked processes it left behind (killed by now)."""
     token = uuid.uuid4().hex
     try:
         done = subprocess.run(
@@ -131,6 +135,11 @@ def _run(argv: list[str], cwd: Path, where: str) -> None:
         for proc in left:
             proc.kill()
         psutil.wait_procs(left, timeout=5)
+    return done, left
+
+
+def _run(argv: list[str], cwd: Path, where: str) -> None:
+    done, left = _run_marked(argv, cwd)
     output = f"--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.returncode == 0, f"{where} exited with {done.returncode}\n{output}"
     assert not left, f"{where} left processes behind: {left}\n{output}"
@@ -198,17 +207,8 @@ def test_a_main_module_without_a_guard_gets_a_clear_error(tmp_path: Path) -> Non
         ),
         encoding="utf-8",
     )
-    token = uuid.uuid4().hex
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        env=_environment(token),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert not _survivors(token)
+    done, left = _run_marked([sys.executable, str(script)], tmp_path)
+    assert not left
     assert done.returncode != 0
     assert "if __name__ ==" in done.stderr
 
@@ -247,16 +247,7 @@ def test_jobs_defined_in_the_main_module_run(how: str, tmp_path: Path) -> None:
     (package / "__init__.py").write_text("", encoding="utf-8")
     (package / "app.py").write_text(MAIN_JOBS, encoding="utf-8")
     target = [str(package / "app.py")] if how == "script" else ["-m", "mainpkg.app"]
-    token = uuid.uuid4().hex
-    done = subprocess.run(
-        [sys.executable, *target],
-        cwd=tmp_path,
-        env=_environment(token),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
-    assert not _survivors(token)
+    done, left = _run_marked([sys.executable, *target], tmp_path)
+    assert not left
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["42", "refused: no"]
