@@ -8,12 +8,11 @@ of waiting for a thread to hand them over (a wakeup per job).
 
 Frames go out without waiting: a send that the jobs socket cannot take at
 once is queued, in order, for a flush task started for the occasion (most
-workers never need one). Frames come in
-through one ``wait_readable`` per burst of data, received into one reusable
-buffer and parsed in place. This keeps a job's round trip to one scheduler
-wakeup on each side: trio's SocketStream (and a buffered stream over it)
-spend a scheduler round on every call, which doubled the round trip of a
-trivial job.
+workers never need one). Frames come in through one ``wait_readable`` per
+burst of data, received into one reusable buffer and parsed in place.
+This keeps a job's round trip to one scheduler wakeup on each side: trio's
+SocketStream (and a buffered stream over it) spend a scheduler round on
+every call, which doubled the round trip of a trivial job.
 """
 
 from __future__ import annotations

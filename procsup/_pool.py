@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import random
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
@@ -155,40 +155,33 @@ class _StartSlots:
 
     def __init__(self, size: int) -> None:
         self._free = size
-        self._queue: deque[int] = deque()
-        self._granted: dict[int, trio.Event] = {}  # queued starts' wakeups
+        self._queued: dict[int, trio.Event] = {}  # in arrival order: each one's wakeup
         self.holders: set[int] = set()
 
-    def request(self, seq: int) -> bool:
-        """Take a slot for start ``seq`` now (True), or queue it (False)."""
+    def request(self, seq: int) -> None:
+        """Take a slot for start ``seq`` now, or queue it."""
         if self._free > 0:
             self._free -= 1
             self.holders.add(seq)
-            return True
-        self._queue.append(seq)
-        self._granted[seq] = trio.Event()
-        return False
+        else:
+            self._queued[seq] = trio.Event()
 
     async def wait(self, seq: int) -> None:
         """Until queued start ``seq`` holds a slot."""
-        event = self._granted.get(seq)
+        event = self._queued.get(seq)
         if event is not None:
             await event.wait()
 
     def release(self, seq: int) -> None:
         """Start ``seq`` settled (or gave up): its slot, or its place in the
         queue, goes to the next. Idempotent."""
-        if seq in self._granted:  # still queued
-            self._queue.remove(seq)
-            del self._granted[seq]
-            return
-        if seq not in self.holders:
+        if self._queued.pop(seq, None) is not None or seq not in self.holders:
             return
         self.holders.discard(seq)
-        if self._queue:
-            successor = self._queue.popleft()
+        if self._queued:
+            successor = next(iter(self._queued))
             self.holders.add(successor)
-            self._granted.pop(successor).set()
+            self._queued.pop(successor).set()
         else:
             self._free += 1
 

@@ -145,33 +145,31 @@ def decode_body(
     """
     if end is None:
         end = len(data)
-    if end - start <= _SMALL and SCHEMAS[kind] == "ib":  # every job's JOB and RESULT
-        return _decode_small_id_payload(kind, data, start, end)
+    if SCHEMAS[kind] == "ib":  # every job's JOB and RESULT
+        return _decode_id_payload(kind, data, start, end)
     with memoryview(data) as whole:  # released on return: data may then be resized
         return _decode_view(kind, whole[start:end])
 
 
-_SMALL = 4096
+_SMALL = 4096  # a payload this size is copied by slicing; a larger one through a view
 
 
-def _decode_small_id_payload(
+def _decode_id_payload(
     kind: int, data: bytes | bytearray, start: int, end: int
 ) -> tuple[Field, ...]:
-    """(id, payload) without a memoryview: the hot path of a trivial job."""
     if end - start < _ID_PAYLOAD.size:
         raise FrameError(f"{NAMES[kind]}: malformed body (too short)")
     job_id, size = _ID_PAYLOAD.unpack_from(data, start)
-    if _ID_PAYLOAD.size + size != end - start:
+    begin = start + _ID_PAYLOAD.size
+    if begin + size != end:
         raise FrameError(f"{NAMES[kind]}: payload length does not match the frame")
-    return job_id, bytes(data[start + _ID_PAYLOAD.size : end])
+    if size <= _SMALL:
+        return job_id, bytes(data[begin:end])
+    with memoryview(data) as whole:  # one copy, not a slice and then its bytes
+        return job_id, whole[begin:end].tobytes()
 
 
 def _decode_view(kind: int, view: memoryview) -> tuple[Field, ...]:
-    if SCHEMAS[kind] == "ib" and len(view) >= _ID_PAYLOAD.size:
-        job_id, size = _ID_PAYLOAD.unpack_from(view)
-        if _ID_PAYLOAD.size + size != len(view):
-            raise FrameError(f"{NAMES[kind]}: payload length does not match the frame")
-        return job_id, view[_ID_PAYLOAD.size :].tobytes()
     pos = 0
     out: list[Field] = []
     try:

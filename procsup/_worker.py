@@ -432,15 +432,11 @@ class Worker:
     async def _kill_and_reap(self) -> None:
         if self._exited.is_set():
             return
-        with trio.CancelScope(shield=True):
-            if not self._exited.is_set():
-                self.kill()
-                with trio.move_on_after(_REAP_DEADLINE):
-                    await self._exited.wait()
-                if not self._exited.is_set():
-                    logger.error(
-                        "worker pid=%d was not reaped %gs after SIGKILL", self.pid, _REAP_DEADLINE
-                    )
+        self.kill()
+        with trio.CancelScope(shield=True), trio.move_on_after(_REAP_DEADLINE):
+            await self._exited.wait()
+        if not self._exited.is_set():
+            logger.error("worker pid=%d was not reaped %gs after SIGKILL", self.pid, _REAP_DEADLINE)
 
     def _send_quietly(self, frame: bytes) -> None:
         """Send, ignoring a channel the child already closed (it is dying)."""
