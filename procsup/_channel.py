@@ -25,7 +25,7 @@ import trio
 
 from ._wire import FROM_CHILD, HEADER, FrameError, decode_body, parse_header
 
-__all__ = ["ParentChannel"]
+__all__ = ["ParentChannel", "send_some"]
 
 _RECV_CHUNK = 256 * 1024
 # recv_into one buffer per trio run, shared by its channels: recv(n) allocates
@@ -42,6 +42,15 @@ def _landing_buffer() -> memoryview:
         buffer = memoryview(bytearray(_RECV_CHUNK))
         _landing.set(buffer)
         return buffer
+
+
+def send_some(sock: socket.socket, data: bytes) -> int:
+    """Send what the non-blocking ``sock`` takes of ``data`` now; return how
+    much that was (0 when its buffer is full)."""
+    try:
+        return sock.send(data)
+    except BlockingIOError:
+        return 0
 
 
 class ParentChannel:
@@ -73,9 +82,7 @@ class ParentChannel:
             raise trio.BrokenResourceError("the worker's channel is closed")
         if not self._pending:
             try:
-                sent = self._sock.send(frame)
-            except BlockingIOError:
-                sent = 0
+                sent = send_some(self._sock, frame)
             except OSError as exc:
                 self._broken = True
                 raise trio.BrokenResourceError(f"the worker's channel is closed: {exc}") from exc

@@ -24,7 +24,7 @@ import trio
 from tricycle import open_service_nursery
 
 from . import _wire
-from ._channel import ParentChannel
+from ._channel import ParentChannel, send_some
 from ._child import importing_parent_main
 from ._errors import (
     MemoryLimitError,
@@ -598,16 +598,6 @@ def _init_frame(options: WorkerOptions) -> bytes:
     )
 
 
-def _send_ahead(sock: socket.socket, frame: bytes) -> bytes:
-    """Put what the socket takes of ``frame`` in it now; return the rest."""
-    sock.setblocking(False)
-    try:
-        sent = sock.send(frame)
-    except BlockingIOError:
-        sent = 0
-    return frame[sent:]
-
-
 def _rebuild_exception(type_name: str, message: str, tb: str, data: bytes) -> BaseException:
     exc: BaseException | None = None
     if data:
@@ -671,7 +661,9 @@ async def supervise(
     # INIT goes in before the process exists, so that it reads it as soon as
     # it runs: off the path to warm are our handling of the spawn and a
     # round trip through the event loop.
-    unsent_init = _send_ahead(parent_sock, _init_frame(options))
+    parent_sock.setblocking(False)
+    init = _init_frame(options)
+    unsent_init = init[send_some(parent_sock, init) :]
     try:
         process = await spawner.spawn(child_sock.fileno(), child_control.fileno())
     except BaseException as exc:
