@@ -8,12 +8,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 HERE = Path(__file__).parent
 # Jobs and initializers live in tests/helpers.py; workers import it by name.
 sys.path.insert(0, str(HERE))
+
+from support import describe_children  # noqa: E402 -- importable only now
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,16 +37,6 @@ def _open_fds() -> dict[int, str]:
     return fds
 
 
-def _children() -> dict[int, str]:
-    found = {}
-    for child in psutil.Process().children(recursive=True):
-        try:
-            found[child.pid] = f"{child.status()} {' '.join(child.cmdline())[:120]}"
-        except psutil.Error:
-            continue
-    return found
-
-
 @pytest.fixture(params=["exec", "forkserver"])
 def start_method(request: pytest.FixtureRequest) -> str:
     """A test that takes ``start_method`` runs once per start method."""
@@ -60,33 +51,15 @@ def each_start_method(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     return str(request.param)
 
 
-def worker_pids() -> set[int]:
-    """Live procsup workers below this process (fork-server templates excluded)."""
-    pids = set()
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            # a template is our direct child; the workers it forks are its children
-            is_template = child.ppid() == os.getpid() and "_forkserver_child" in " ".join(
-                child.cmdline()
-            )
-        except psutil.Error:
-            continue
-        if not is_template:
-            pids.add(child.pid)
-    return pids
-
-
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves a child process or a file descriptor open."""
     fds_before = _open_fds()
-    children_before = set(_children())
+    children_before = set(describe_children())
     yield
     # No grace period: procsup promises every child is reaped before the
     # call that ended it returns.
-    leftover = {p: d for p, d in _children().items() if p not in children_before}
+    leftover = {p: d for p, d in describe_children().items() if p not in children_before}
     for pid in leftover:
         try:
             os.kill(pid, 9)

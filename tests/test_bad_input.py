@@ -16,27 +16,23 @@ from collections.abc import Iterator
 from typing import Any
 
 import helpers
-import psutil
 import pytest
+from support import children
 
 import procsup
-
-
-def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 @pytest.fixture
 def no_spawn(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Fail the test if anything tries to start a process."""
-    before = _children()
+    before = children()
 
     def tripwire(*args: Any, **kwargs: Any) -> None:
         raise AssertionError(f"a process was started: {args[:1]}")
 
     monkeypatch.setattr(subprocess, "Popen", tripwire)
     yield
-    assert _children() == before
+    assert children() == before
 
 
 WORKER_CASES = [

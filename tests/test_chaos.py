@@ -33,6 +33,7 @@ import faults
 import psutil
 import pytest
 import trio
+from support import is_gone, templates
 
 import procsup
 
@@ -241,10 +242,8 @@ async def killer(settings: Settings, rng: random.Random, tally: Tally) -> None:
 
 
 def _kill_fork_server(tally: Tally) -> None:
-    for child in psutil.Process().children():
+    for child in templates():
         try:
-            if "_forkserver_child" not in " ".join(child.cmdline()):
-                continue
             workers = child.children()
             tally.killed.update(w.pid for w in workers)
             child.kill()
@@ -352,11 +351,8 @@ def grandchildren_alive(workdir: Path) -> list[int]:
     alive = []
     for pidfile in workdir.glob(f"job*/{faults.GRANDCHILD_PIDFILE}"):
         pid = int(pidfile.read_text())
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
+        if not is_gone(pid):
+            alive.append(pid)
     return alive
 
 

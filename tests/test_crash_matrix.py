@@ -26,6 +26,7 @@ import helpers
 import psutil
 import pytest
 import trio
+from support import children, templates, until_gone
 
 import procsup
 
@@ -192,14 +193,8 @@ async def assert_grandchild_gone(workdir: Path) -> None:
     if not pidfile.exists():
         return
     pid = int(pidfile.read_text())
-    with trio.fail_after(2):  # SIGKILL is sent before the error returns; death is async
-        while True:
-            try:
-                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                    return  # dead; its new parent reaps it
-            except psutil.NoSuchProcess:
-                return
-            await trio.sleep(0.01)
+    # SIGKILL is sent before the error returns; death is async (its new parent reaps it)
+    await until_gone(pid, 2)
 
 
 # -- the phases --------------------------------------------------------------------
@@ -241,7 +236,7 @@ async def in_job(pool: procsup.Pool, fn: Any, arg: object, expect: Expect) -> No
     if isinstance(err, procsup.WorkerError):
         check_worker_error(err, expect, "job")
         # Reaped before the error was raised (by us, or by the fork server).
-        assert err.pid not in {p.pid for p in psutil.Process().children(recursive=True)}
+        assert err.pid not in children()
     else:  # the job's own exception, or its result's
         assert expect.says in str(err)
 
@@ -380,9 +375,7 @@ async def test_the_fork_server_is_sigkilled() -> None:
         pool.events() as events,
     ):
         await pool.wait_warm()
-        (template,) = [
-            p for p in psutil.Process().children() if "_forkserver_child" in " ".join(p.cmdline())
-        ]
+        (template,) = templates()
         async with pool.acquire() as worker, trio.open_nursery() as nursery:
             await pool.wait_warm()  # the replacement for the one we hold, forked too
             workers = {p.pid for p in template.children()}

@@ -8,7 +8,6 @@ import ctypes
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ import helpers
 import psutil
 import pytest
 import trio
+from support import is_gone, start_parent, until_gone
 
 import procsup
 import procsup._forkserver
@@ -29,20 +29,6 @@ from procsup._worker import supervise
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
 ROOT = Path(__file__).parent.parent
-
-
-def _gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (a zombie has ended too)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def _wait_gone(pid: int, seconds: float = 5.0) -> None:
-    with trio.fail_after(seconds):
-        while not _gone(pid):
-            await trio.sleep(0.02)
 
 
 # -- where workers come from ---------------------------------------------------
@@ -174,7 +160,7 @@ async def test_closing_a_worker_kills_its_process_group(
                 while not pidfile.exists() or not pidfile.read_text():
                     await trio.sleep(0.02)
                 nursery.cancel_scope.cancel()
-    await _wait_gone(int(pidfile.read_text()), seconds=2)
+    await until_gone(int(pidfile.read_text()), seconds=2)
 
 
 async def test_a_pool_of_forked_workers_runs_one_shot_jobs() -> None:
@@ -211,7 +197,7 @@ async def test_killing_the_template_kills_its_workers_and_a_new_one_starts() -> 
             assert second != first
     finally:
         await spawner.aclose()
-    assert _gone(second)
+    assert is_gone(second)
 
 
 async def test_a_pool_recovers_when_its_template_is_killed() -> None:
@@ -219,7 +205,7 @@ async def test_a_pool_recovers_when_its_template_is_killed() -> None:
         first = await pool.run(os.getppid)
         worker_pid = await pool.run(os.getpid)
         os.kill(first, signal.SIGKILL)
-        await _wait_gone(worker_pid)
+        await until_gone(worker_pid)
         with trio.fail_after(10):
             second = await pool.run(os.getppid)
         assert second != first
@@ -254,7 +240,7 @@ async def test_closing_the_spawner_stops_the_template() -> None:
     finally:
         await spawner.aclose()
     assert template is not None
-    assert _gone(template)
+    assert is_gone(template)
     with pytest.raises(WorkerStartError, match="closed"):
         await spawner.spawn(0, 0)
 
@@ -314,10 +300,7 @@ def _reaped_within(pids: list[int], seconds: float) -> list[int]:
 
 def test_sigkill_of_the_parent_leaves_no_template_or_worker() -> None:
     with _subreaper():
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-        parent = subprocess.Popen(
-            [sys.executable, "-c", _PARENT_SCRIPT], stdout=subprocess.PIPE, env=env
-        )
+        parent = start_parent(_PARENT_SCRIPT)
         try:
             assert parent.stdout is not None
             pids = json.loads(parent.stdout.readline())

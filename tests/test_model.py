@@ -38,6 +38,7 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import children, is_template
 
 import procsup
 
@@ -105,10 +106,6 @@ class Observed:
         self.changed = trio.Event()
 
 
-def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
 async def settle(pool: procsup.Pool, model: Model, seen: Observed) -> None:
     """Wait for a quiescent point where the pool agrees with the model; fail
     with both sides if none comes."""
@@ -144,7 +141,7 @@ def _disagreement(stats: procsup.PoolStatistics, model: Model, seen: Observed) -
     if len(seen.live) != stats.idle + stats.busy:
         return f"{len(seen.live)} workers warm by the events, statistics say {stats}"
     # Processes: the workers the events announced, and maybe a fork server.
-    processes = _children() - seen.before
+    processes = children() - seen.before
     if not seen.live <= processes:
         return f"workers {seen.live - processes} announced but not running"
     if any(not _is_fork_server(pid) for pid in processes - seen.live):
@@ -161,8 +158,7 @@ def _set_flag(flag: Path, on: bool) -> None:
 
 def _is_fork_server(pid: int) -> bool:
     try:
-        proc = psutil.Process(pid)
-        return proc.ppid() == os.getpid() and "_forkserver_child" in " ".join(proc.cmdline())
+        return is_template(pid)
     except psutil.NoSuchProcess:
         return True  # gone meanwhile: not a worker left behind
 
@@ -170,7 +166,7 @@ def _is_fork_server(pid: int) -> bool:
 async def run_operations(ops: list[tuple[Any, ...]], workdir: Path) -> None:
     flag = workdir / "fail"
     model = Model()
-    seen = Observed(before=_children())
+    seen = Observed(before=children())
     pool_cm = procsup.open_pool(
         functools.partial(faults.flag_init, str(flag)),
         idle=IDLE,
@@ -198,7 +194,7 @@ async def run_operations(ops: list[tuple[Any, ...]], workdir: Path) -> None:
         await pool_cm.__aexit__(None, None, None)
         for lease_cm, _ in model.held:
             await lease_cm.__aexit__(None, None, None)
-    assert not _children() - seen.before
+    assert not children() - seen.before
     with pytest.raises(procsup.PoolClosedError):
         async with pool.acquire():
             pass

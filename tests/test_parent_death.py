@@ -16,13 +16,12 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+from support import child_env, start_parent, wait_gone
 
 HERE = Path(__file__).parent
 
@@ -71,18 +70,12 @@ _PARENT = textwrap.dedent(
 def _start_parent(tmp_path: Path, start_method: str) -> tuple[subprocess.Popen[str], dict]:
     pidfile = tmp_path / "grandchild.pid"
     pidfile.touch()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)]),
-        "PROCSUP_TEST_PIDFILE": str(pidfile),
-    }
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT, str(tmp_path), start_method],
-        stdout=subprocess.PIPE,
+    parent = start_parent(
+        _PARENT,
+        str(tmp_path),
+        start_method,
+        env=child_env(PROCSUP_TEST_PIDFILE=str(pidfile)),
         stderr=subprocess.DEVNULL,  # a Ctrl-C'd parent prints its traceback
-        text=True,
-        env=env,
-        start_new_session=True,  # signals reach it alone, not the test run
     )
     assert parent.stdout is not None
     ready, _, _ = select.select([parent.stdout], [], [], 30)
@@ -93,25 +86,6 @@ def _start_parent(tmp_path: Path, start_method: str) -> tuple[subprocess.Popen[s
         parent.stdout.close()
         pytest.fail(f"the parent script was not ready in 30 s (exit {parent.returncode})")
     return parent, json.loads(line)
-
-
-def _alive(pids: list[int]) -> list[str]:
-    alive = []
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(f"{pid} {' '.join(proc.cmdline())[:80]}")
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
-def _wait_gone(pids: list[int], seconds: float) -> list[str]:
-    deadline = time.monotonic() + seconds
-    while (alive := _alive(pids)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return alive
 
 
 @pytest.mark.parametrize("start_method", ["exec", "forkserver"])
@@ -140,11 +114,11 @@ def test_every_descendant_dies_with_the_parent(how: str, start_method: str, tmp_
         if how == "ctrl_c":
             # Graceful: the parent reaped its workers (and SIGKILLed their
             # groups) before it exited.
-            alive = _wait_gone(descendants, 0.5)
+            alive = wait_gone(descendants, 0.5)
             assert not alive, f"alive after a graceful teardown: {alive}"
         if how == "ctrl_c_then_sigkill":
             assert returncode == -signal.SIGKILL  # it was still tearing down
-        alive = _wait_gone(descendants, 2.0)
+        alive = wait_gone(descendants, 2.0)
         assert not alive, f"alive 2 s after the parent died ({returncode}): {alive}"
     finally:
         if parent.poll() is None:
@@ -183,14 +157,7 @@ def test_a_worker_stuck_in_c_code_dies_with_the_parent(start_method: str) -> Non
             "PR_SET_PDEATHSIG would need a spawner thread that lives as long as the "
             "process). Use start_method='forkserver'."
         )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _GIL_PARENT, start_method],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    parent = start_parent(_GIL_PARENT, start_method)
     assert parent.stdout is not None
     worker_pid = 0
     try:
@@ -200,7 +167,7 @@ def test_a_worker_stuck_in_c_code_dies_with_the_parent(start_method: str) -> Non
         time.sleep(0.3)  # the job is now in C code, holding the GIL
         parent.kill()
         parent.wait()
-        alive = _wait_gone([worker_pid], 2.0)
+        alive = wait_gone([worker_pid], 2.0)
         assert not alive, f"alive 2 s after the parent died: {alive}"
     finally:
         if parent.poll() is None:

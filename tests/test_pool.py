@@ -14,22 +14,11 @@ import helpers
 import psutil
 import pytest
 import trio
-from conftest import worker_pids
+from support import children, until, worker_pids
 
 import procsup
 
 pytestmark = pytest.mark.usefixtures("each_start_method")
-
-
-def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
-
-
-async def _until(predicate: object, timeout: float = 10.0) -> None:
-    """Wait for a pool state the test can only observe, not be told about."""
-    with trio.fail_after(timeout):
-        while not predicate():  # type: ignore[operator]
-            await trio.sleep(0.01)
 
 
 async def test_run_uses_a_fresh_warm_worker_per_job() -> None:
@@ -109,7 +98,7 @@ async def test_acquire_never_hangs_when_every_start_fails(
     assert all(isinstance(e, procsup.WorkerStartError) for e in info.value.start_errors)
     assert stats.health == "degraded"
     assert isinstance(stats.last_start_error, procsup.WorkerStartError)
-    assert not _children()
+    assert not children()
 
 
 async def test_an_attempt_waits_only_for_the_starts_warming_now() -> None:
@@ -205,9 +194,9 @@ async def test_idle_target_follows_load() -> None:
         await pool.wait_warm()
         assert pool.statistics().target_idle == 4
         load = 0.35
-        await _until(lambda: pool.statistics().target_idle == 2)
+        await until(lambda: pool.statistics().target_idle == 2)
         load = 0.9
-        await _until(lambda: pool.statistics().target_idle == 0)
+        await until(lambda: pool.statistics().target_idle == 0)
         # waiting acquirers still get starts when the target is 0
         async with AsyncExitStack() as stack:
             workers = [await stack.enter_async_context(pool.acquire()) for _ in range(5)]
@@ -250,10 +239,10 @@ async def test_max_workers_caps_live_children_and_waiters_are_fifo() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(holder)
-            await _until(lambda: pool.statistics().busy == 1)
+            await until(lambda: pool.statistics().busy == 1)
             for i in range(4):
                 nursery.start_soon(waiter, i)
-                await _until(lambda i=i: pool.statistics().waiting == i + 1)
+                await until(lambda i=i: pool.statistics().waiting == i + 1)
             assert pool.statistics().live == 1
             release.set()
     assert order == [0, 1, 2, 3]
@@ -285,10 +274,10 @@ async def test_first_success_resets_the_backoff(
     async with procsup.open_pool(
         helpers.flaky_init, idle=1, backoff_base=0.05, backoff_cap=0.2
     ) as pool:
-        await _until(lambda: pool.statistics().start_failures >= 2)
+        await until(lambda: pool.statistics().start_failures >= 2)
         assert pool.statistics().health == "degraded"
         outage.unlink()
-        await _until(lambda: pool.statistics().idle == 1)
+        await until(lambda: pool.statistics().idle == 1)
         stats = pool.statistics()
         assert stats.health == "ok"
         assert stats.consecutive_start_failures == 0
@@ -303,7 +292,7 @@ async def test_leaving_the_block_leaves_no_child(how: str) -> None:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(pool.run, helpers.sleep_for, 60)  # busy
                     nursery.start_soon(pool.run, helpers.hanging_init)  # busy too
-                    await _until(lambda: pool.statistics().busy == 2)
+                    await until(lambda: pool.statistics().busy == 2)
                     # and one warming
                     assert pool.statistics().warming >= 1
                     if how == "by an exception":
@@ -316,7 +305,7 @@ async def test_leaving_the_block_leaves_no_child(how: str) -> None:
             assert how == "by an exception"
         except* procsup.WorkerClosedError:
             pass
-    assert not _children()
+    assert not children()
     with pytest.raises(procsup.PoolClosedError):
         await pool.run(helpers.noop)
 
@@ -332,8 +321,8 @@ async def test_pool_close_wakes_waiters_with_pool_closed() -> None:
                 await pool.run(helpers.noop)
 
         outer.start_soon(waiter)
-        await _until(lambda: pool.statistics().waiting == 1)
-    assert not _children()
+        await until(lambda: pool.statistics().waiting == 1)
+    assert not children()
 
 
 async def test_lifecycle_events_as_callback_and_async_iterator(
@@ -380,7 +369,7 @@ async def test_bad_pool_arguments_fail_before_any_process_starts() -> None:
         with pytest.raises(exc):
             async with procsup.open_pool(**kwargs):  # type: ignore[arg-type]
                 pass
-    assert not _children()
+    assert not children()
 
 
 async def test_many_jobs_concurrently() -> None:

@@ -16,6 +16,7 @@ import helpers
 import psutil
 import pytest
 import trio
+from support import start_parent, until_gone, wait_gone
 
 import procsup
 
@@ -295,9 +296,7 @@ async def test_shutdown_kills_the_whole_process_group(tmp_path: Path) -> None:
     finally:
         del os.environ["PROCSUP_TEST_PIDFILE"]
     grandchild = int(pidfile.read_text())
-    with trio.fail_after(2):
-        while psutil.pid_exists(grandchild) and psutil.Process(grandchild).status() != "zombie":
-            await trio.sleep(0.02)
+    await until_gone(grandchild, 2)
 
 
 async def test_close_twice_and_concurrently_is_harmless() -> None:
@@ -388,25 +387,13 @@ _PARENT = textwrap.dedent(
 
 
 def _start_parent(job: str) -> tuple[subprocess.Popen[str], int]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
-    parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT.format(job=job)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    parent = start_parent(_PARENT.format(job=job))
     assert parent.stdout is not None
     return parent, int(parent.stdout.readline())
 
 
 def _gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie":
-            return True
-        time.sleep(0.02)
-    return False
+    return not wait_gone([pid], seconds)
 
 
 def test_worker_dies_with_a_sigkilled_parent() -> None:
