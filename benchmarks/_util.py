@@ -34,6 +34,43 @@ def latency_summary(latencies: Sequence[float]) -> dict[str, float]:
     return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "n": len(latencies)}
 
 
+def bandwidth_summary(times: Sequence[float], nbytes: int, ways: int) -> dict[str, Any]:
+    """The median of ``times`` (each moving ``nbytes`` ``ways`` times) and the
+    bandwidth it makes, in GB/s (10**9 bytes per second)."""
+    mid = median(times)
+    gbps = ways * nbytes / mid / 1e9
+    return {"median": mid, "gbps": gbps, "mib": nbytes / 2**20, "n": len(times)}
+
+
+def w6_bytes(quick: bool) -> int:
+    """The size of W6's payload: 16 MiB (1 MiB for a smoke run)."""
+    return (1 if quick else 16) * 1024 * 1024
+
+
+def w6_rounds(quick: bool) -> int:
+    """Timed W6 round trips, after two untimed ones."""
+    return 3 if quick else 20
+
+
+def make_payload(kind: str, nbytes: int) -> Any:
+    """W6's payload: ``bytes`` or a float64 numpy array of ``nbytes``."""
+    if kind == "bytes":
+        return os.urandom(1024) * (nbytes // 1024)
+    try:
+        import numpy
+    except ImportError as exc:
+        raise NotAvailable(f"numpy is not installed ({exc})") from exc
+    return numpy.arange(nbytes // 8, dtype=numpy.float64)
+
+
+def check_echo(sent: Any, got: Any) -> None:
+    """Raise unless ``got`` is an equal copy of the payload ``sent``."""
+    import pickle
+
+    if type(got) is not type(sent) or pickle.dumps(got, 5) != pickle.dumps(sent, 5):
+        raise RuntimeError(f"the echoed {type(sent).__name__} payload came back different")
+
+
 def max_overtaking(order: Sequence[int]) -> int:
     """The most tickets greater than a ticket that come before it in ``order``:
     how many acquirers that began waiting later got a worker earlier."""
@@ -84,6 +121,26 @@ def throughput_result(
     if budget.cut_short:
         result["note"] = f"the {budget.seconds:g} s budget ran out after {len(pids)} jobs"
     return result
+
+
+def w8_total(quick: bool) -> int:
+    """W8's job count: 100,000 (1,000 for a smoke run)."""
+    return 1000 if quick else 100_000
+
+
+def w8_budget(quick: bool) -> float:
+    """Seconds a W8 implementation may take for its jobs (slow ones stop early)."""
+    return 10.0 if quick else 60.0
+
+
+def many_jobs_result(
+    done: int, elapsed: float, budget: JobBudget, note: str = ""
+) -> dict[str, Any]:
+    """The W8 figures: jobs/s over the jobs done, and a note when cut short."""
+    notes = [note] if note else []
+    if budget.cut_short:
+        notes.append(f"the {budget.seconds:g} s budget ran out after {done:,} jobs")
+    return {"rate": done / elapsed, "elapsed": elapsed, "n": done, "note": "; ".join(notes)}
 
 
 def run_threaded_callers(

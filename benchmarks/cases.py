@@ -40,11 +40,22 @@ LOAD_TASKS = 200  # concurrent acquirers
 LOAD_JOBS = 2000
 LOAD_POOL = 8  # idle = max_workers: every acquirer beyond it waits
 LOAD_LAG_LIMIT = 0.05  # seconds of event-loop lag at p99
-GROUPS = ("floors", "worker", "w1", "w2", "w3", "w4", "w5", "load")
+W1_JOBS = {"module": "jobs.getpid, a user module", "builtin": "os.getpid"}
+PAYLOAD_KINDS = ("bytes", "numpy")
+W6_PEERS = {
+    "mp_fork": "multiprocessing.Pool(1).apply, fork",
+    "trio_parallel": "trio_parallel.run_sync, default context",
+}
+W8_PEERS = {
+    "mp_fork": "multiprocessing.Pool(2).imap_unordered(chunksize=1), fork",
+    "trio_parallel": "trio_parallel.run_sync, 2 callers, limiter of 2",
+}
+GROUPS = ("floors", "worker", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "load")
 ALIASES = {
     "pool": ("w1", "w2"),
     "issue5": ("load",),
     "issue6": ("w3", "w4", "w5"),
+    "issue14": ("w1", "w6", "w7", "w8"),
     "all": GROUPS,
 }
 
@@ -117,11 +128,11 @@ def _w3_peer(peer: str, mode: str) -> Callable[[bool], dict[str, Any]]:
     return run
 
 
-def _w1_procsup(method: str) -> Callable[[bool], dict[str, Any]]:
+def _w1_procsup(method: str, job: str) -> Callable[[bool], dict[str, Any]]:
     def run(quick: bool) -> dict[str, Any]:
         import procsup_cases
 
-        return procsup_cases.w1_throughput(method, quick, w1_budget(quick))
+        return procsup_cases.w1_throughput(method, job, quick, w1_budget(quick))
 
     return run
 
@@ -133,13 +144,15 @@ def all_cases() -> list[Case]:
         Case("fork_rate", "floors", _floors, script="floors.py"),
         Case("socketpair_rtt", "floors", _floors, script="floors.py"),
         Case("trio_rtt", "floors", _floors, script="floors.py"),
+        Case("memcpy_bandwidth", "floors", _floors, script="floors.py"),
         Case("worker_spawn", "worker", _procsup("worker_spawn")),
         Case("worker_rtt", "worker", _procsup("worker_rtt")),
     ]
     for method in METHODS:
         cases.append(Case(f"w2_{method}", "w2", _procsup("w2_warm", method)))
     for method in METHODS:
-        cases.append(Case(f"w1_procsup_{method}", "w1", _w1_procsup(method)))
+        cases.append(Case(f"w1_procsup_{method}", "w1", _w1_procsup(method, "module")))
+        cases.append(Case(f"w1_procsup_{method}_builtin", "w1", _w1_procsup(method, "builtin")))
     for peer in W1_PEERS:
         cases.append(Case(f"w1_{peer}", "w1", _w1_peer(peer)))
     for method in METHODS:
@@ -161,6 +174,14 @@ def all_cases() -> list[Case]:
             Case(f"w5_procsup_{method}", "w5", _procsup("w5_memory", method, quick_arg=False))
         )
     cases.append(Case("w5_mp_fork", "w5", _peer("w5_mp_fork", quick_arg=False)))
+    for kind in PAYLOAD_KINDS:
+        cases.append(Case(f"w6_procsup_{kind}", "w6", _procsup("w6_payload", kind)))
+        for peer in W6_PEERS:
+            cases.append(Case(f"w6_{peer}_{kind}", "w6", _peer(f"w6_{peer}", kind)))
+    cases.append(Case("w7_procsup", "w7", _procsup("w7_idle_workers"), 300.0))
+    cases.append(Case("w8_procsup", "w8", _procsup("w8_many_jobs"), 180.0))
+    for peer in W8_PEERS:
+        cases.append(Case(f"w8_{peer}", "w8", _peer(f"w8_{peer}"), 180.0))
     run = _procsup("load_fairness", LOAD_TASKS, LOAD_JOBS, LOAD_POOL)
     cases.append(Case("load_procsup", "load", run, 60.0))
     return cases
@@ -172,6 +193,7 @@ REFERENCES = {
     "worker": ("python_start", "socketpair_rtt", "trio_rtt"),
     "w1": ("fork_rate",),
     "w4": ("socketpair_rtt", "trio_rtt"),
+    "w6": ("memcpy_bandwidth",),
 }
 
 

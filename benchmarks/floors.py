@@ -87,6 +87,22 @@ def trio_rtt(quick: bool) -> dict[str, Any]:
     return trio.run(main)
 
 
+def memcpy_bandwidth(quick: bool) -> dict[str, Any]:
+    """Copy W6's payload into a buffer of the same size, in this process:
+    the bandwidth any payload round trip is measured against (median of 20)."""
+    from _util import bandwidth_summary, w6_bytes  # threading does not matter here
+
+    nbytes = w6_bytes(quick)
+    source = os.urandom(1024) * (nbytes // 1024)
+    target = bytearray(nbytes)  # allocated and touched once: the copy alone is timed
+    times = []
+    for _ in range(22):
+        start = time.perf_counter()
+        target[:] = source
+        times.append(time.perf_counter() - start)
+    return bandwidth_summary(times[2:], nbytes, ways=1)
+
+
 def _echo_child() -> tuple[socket.socket, int]:
     parent, child = socket.socketpair()
     pid = os.fork()

@@ -19,7 +19,14 @@ def noop() -> None:
 
 
 def getpid() -> int:
+    """W1's job: ``os.getpid`` called from a user's module, as real jobs are
+    (a worker must import this module before it can run the job)."""
     return os.getpid()
+
+
+def echo(value: object) -> object:
+    """Return the argument: W6's payload round trip, W8's trivial job."""
+    return value
 
 
 def burn_cpu(seconds: float) -> None:

@@ -11,6 +11,10 @@ it has a knob for it:
   loky.ProcessPoolExecutor(max_workers=1), shut down after the job;
 * trio_parallel: a WorkerContext(retire=jobs.always_true), retiring each
   worker after one job, default worker type (spawn).
+
+Their W1 job is ``jobs.getpid``, in a user module, as procsup's default W1
+case. W6 and W8 reuse workers: multiprocessing.Pool with fork, and
+trio-parallel's default context.
 """
 
 from __future__ import annotations
@@ -24,16 +28,27 @@ from typing import Any, NoReturn
 
 import jobs
 from _util import (
+    JobBudget,
     NotAvailable,
+    bandwidth_summary,
+    check_echo,
     emit_and_exit,
     latency_summary,
     leftover_workers,
+    make_payload,
+    many_jobs_result,
     run_threaded_callers,
     run_trio_callers,
+    w6_bytes,
+    w6_rounds,
+    w8_budget,
+    w8_total,
 )
 
 MIB = 1024 * 1024
 WARM_PAUSE = 0.5  # lets a peer's pre-started workers boot, as wait_warm does for procsup
+W1_JOB = jobs.getpid
+W8_WORKERS = 2  # as procsup's W8 pool
 FAILING_INITS = {"raise": jobs.raising_init, "exit": jobs.exiting_init, "hang": jobs.hanging_init}
 
 
@@ -60,7 +75,7 @@ def w1_mp(method: str, total: int, budget_s: float) -> dict[str, Any]:
     ctx = multiprocessing.get_context(method)
     pool = ctx.Pool(2, maxtasksperchild=1)
     try:
-        return _warm_then_measure(lambda: pool.apply(os.getpid), total, budget_s)
+        return _warm_then_measure(lambda: pool.apply(W1_JOB), total, budget_s)
     finally:
         pool.terminate()
         pool.join()
@@ -71,14 +86,14 @@ def w1_ppe(total: int, budget_s: float) -> dict[str, Any]:
 
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(2, mp_context=ctx, max_tasks_per_child=1) as executor:
-        return _warm_then_measure(lambda: executor.submit(os.getpid).result(), total, budget_s)
+        return _warm_then_measure(lambda: executor.submit(W1_JOB).result(), total, budget_s)
 
 
 def w1_pebble(total: int, budget_s: float) -> dict[str, Any]:
     pebble = _import("pebble")
     pool = pebble.ProcessPool(max_workers=2, max_tasks=1)
     try:
-        return _warm_then_measure(lambda: pool.schedule(os.getpid).result(), total, budget_s)
+        return _warm_then_measure(lambda: pool.schedule(W1_JOB).result(), total, budget_s)
     finally:
         pool.stop()
         pool.join()
@@ -89,7 +104,7 @@ def w1_loky(total: int, budget_s: float) -> dict[str, Any]:
 
     def call() -> int:
         with loky.ProcessPoolExecutor(max_workers=1) as executor:
-            return executor.submit(os.getpid).result()  # type: ignore[no-any-return]
+            return executor.submit(W1_JOB).result()  # type: ignore[no-any-return]
 
     return run_threaded_callers(call, total, budget_s)
 
@@ -100,7 +115,117 @@ def w1_trio_parallel(total: int, budget_s: float) -> dict[str, Any]:
 
     async def main() -> dict[str, Any]:
         async with trio_parallel.open_worker_context(retire=jobs.always_true) as ctx:
-            return await run_trio_callers(partial(ctx.run_sync, os.getpid), total, budget_s)
+            return await run_trio_callers(partial(ctx.run_sync, W1_JOB), total, budget_s)
+
+    return trio.run(main)
+
+
+# -- W6: payload round trip; W8: many small jobs -------------------------------------
+
+
+def w6_mp_fork(kind: str, quick: bool) -> dict[str, Any]:
+    """``Pool(1).apply(jobs.echo, (payload,))`` with fork: median of 20."""
+    payload = make_payload(kind, w6_bytes(quick))
+    pool = multiprocessing.get_context("fork").Pool(1)
+    try:
+        return _time_echoes(lambda: pool.apply(jobs.echo, (payload,)), payload, quick)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def w6_trio_parallel(kind: str, quick: bool) -> dict[str, Any]:
+    """``trio_parallel.run_sync(jobs.echo, payload)`` (default context): median of 20."""
+    trio_parallel = _import("trio_parallel")
+    import trio
+
+    payload = make_payload(kind, w6_bytes(quick))
+
+    async def main() -> dict[str, Any]:
+        async with trio_parallel.open_worker_context() as ctx:
+            call = partial(ctx.run_sync, jobs.echo, payload)
+            return await _time_echoes_async(call, payload, quick)
+
+    return trio.run(main)
+
+
+def _time_echoes(call: Callable[[], Any], payload: Any, quick: bool) -> dict[str, Any]:
+    for _ in range(2):
+        check_echo(payload, call())
+    times = []
+    for _ in range(w6_rounds(quick)):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return bandwidth_summary(times, w6_bytes(quick), ways=2)
+
+
+async def _time_echoes_async(call: Callable[[], Any], payload: Any, quick: bool) -> dict[str, Any]:
+    for _ in range(2):
+        check_echo(payload, await call())
+    times = []
+    for _ in range(w6_rounds(quick)):
+        start = time.perf_counter()
+        await call()
+        times.append(time.perf_counter() - start)
+    return bandwidth_summary(times, w6_bytes(quick), ways=2)
+
+
+def w8_mp_fork(quick: bool) -> dict[str, Any]:
+    """100,000 ``jobs.echo`` calls through ``Pool(2).imap_unordered(chunksize=1)``, fork."""
+    total = w8_total(quick)
+    budget = JobBudget(total, w8_budget(quick))
+    pool = multiprocessing.get_context("fork").Pool(W8_WORKERS)
+    try:
+        for _ in range(10):
+            pool.apply(jobs.echo, (0,))
+        time.sleep(WARM_PAUSE)
+        done = 0
+        seen = 0
+        start = time.perf_counter()
+        for value in pool.imap_unordered(jobs.echo, range(total), chunksize=1):
+            if not budget.take():  # only the deadline refuses: at most `total` answers come
+                break
+            seen += value
+            done += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        pool.terminate()
+        pool.join()
+    if done == total and seen != total * (total - 1) // 2:
+        raise RuntimeError("imap_unordered's answers do not add up")
+    return many_jobs_result(done, elapsed, budget)
+
+
+def w8_trio_parallel(quick: bool) -> dict[str, Any]:
+    """100,000 ``jobs.echo`` calls through trio-parallel's default context,
+    2 tasks calling ``run_sync`` in a loop (limiter of 2)."""
+    trio_parallel = _import("trio_parallel")
+    import trio
+
+    total = w8_total(quick)
+    budget = JobBudget(total, w8_budget(quick))
+    limiter = trio.CapacityLimiter(W8_WORKERS)
+    done = 0
+
+    async def caller(ctx: Any) -> None:
+        nonlocal done
+        while budget.take():
+            ticket = budget.issued
+            if await ctx.run_sync(jobs.echo, ticket, limiter=limiter) != ticket:
+                raise RuntimeError(f"job {ticket} came back with another answer")
+            done += 1
+
+    async def main() -> dict[str, Any]:
+        async with trio_parallel.open_worker_context() as ctx:
+            async with trio.open_nursery() as nursery:  # start both workers
+                for _ in range(W8_WORKERS):
+                    nursery.start_soon(partial(ctx.run_sync, jobs.echo, 0, limiter=limiter))
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for _ in range(W8_WORKERS):
+                    nursery.start_soon(caller, ctx)
+            return many_jobs_result(done, time.perf_counter() - start, budget)
 
     return trio.run(main)
 

@@ -1,4 +1,4 @@
-"""B, C, D, E: procsup's own figures, for either start method."""
+"""B to F: procsup's own figures, for either start method."""
 
 from __future__ import annotations
 
@@ -13,20 +13,29 @@ import trio
 from _util import (
     JobBudget,
     NotAvailable,
+    bandwidth_summary,
+    check_echo,
     latency_summary,
     live_children,
+    make_payload,
+    many_jobs_result,
     max_overtaking,
     median,
     percentile,
     pid_exists,
     run_trio_callers,
+    w6_bytes,
+    w6_rounds,
+    w8_budget,
+    w8_total,
 )
 
 import procsup
 from procsup._options import default_start_method
 
 MIB = 1024 * 1024
-W1_IDLE = 4  # open_pool's default
+W1_IDLE = 2  # issue 14's workload: 2 callers, 2 warm workers
+W1_JOBS = {"module": jobs.getpid, "builtin": os.getpid}
 W3_INIT_TIMEOUT = 1.0
 W3_ATTEMPTS = 3
 W3_GIVE_UP = 30.0  # a procsup hang is reported, not waited out
@@ -106,15 +115,18 @@ def w2_warm(method: str, quick: bool) -> dict[str, Any]:
     return {"median": median(times), "min": min(times), "ideal": ideal, "n": rounds}
 
 
-def w1_throughput(method: str, quick: bool, budget_s: float) -> dict[str, Any]:
-    """200 os.getpid jobs, each in a fresh worker (max_jobs=1), 2 callers."""
+def w1_throughput(method: str, job: str, quick: bool, budget_s: float) -> dict[str, Any]:
+    """200 getpid jobs, each in a fresh worker (max_jobs=1), 2 callers; the
+    job is ``jobs.getpid`` (``job="module"``, a module the worker must
+    import) or ``os.getpid`` (``"builtin"``)."""
     require(method)
     total = 20 if quick else 200
 
     async def main() -> dict[str, Any]:
         async with procsup.open_pool(idle=W1_IDLE, start_method=method) as pool:
             await pool.wait_warm()
-            result = await run_trio_callers(partial(pool.run, os.getpid), total, budget_s)
+            call = partial(pool.run, W1_JOBS[job])
+            result = await run_trio_callers(call, total, budget_s)
             starts = pool.statistics().starts
         result["note"] = ", ".join(filter(None, [result.get("note"), f"{starts} starts"]))
         return result
@@ -216,6 +228,112 @@ def w5_memory(method: str) -> dict[str, Any]:
 
     info = trio.run(main)
     return {"rss": info.rss / MIB, "uss": info.uss / MIB, "pss": info.pss / MIB}
+
+
+# -- F: payloads, a thousand workers, many small jobs -------------------------------
+
+
+def w6_payload(kind: str, quick: bool) -> dict[str, Any]:
+    """Round trip of a 16 MiB payload (``bytes`` or a numpy array) through
+    ``pool.run(jobs.echo, payload)`` on a reusing worker: median of 20."""
+    payload = make_payload(kind, w6_bytes(quick))
+
+    async def main() -> list[float]:
+        async with procsup.open_pool(idle=1, max_jobs=None) as pool:
+            await pool.wait_warm()
+            for _ in range(2):  # the worker imports numpy, the buffers grow
+                check_echo(payload, await pool.run(jobs.echo, payload))
+            times = []
+            for _ in range(w6_rounds(quick)):
+                start = time.perf_counter()
+                await pool.run(jobs.echo, payload)
+                times.append(time.perf_counter() - start)
+            return times
+
+    return bandwidth_summary(trio.run(main), w6_bytes(quick), ways=2)
+
+
+W7_SOFT_LIMIT = 1024  # the usual default soft RLIMIT_NOFILE
+
+
+def w7_idle_workers(quick: bool) -> dict[str, Any]:
+    """Open a pool of 1,000 idle reusing workers under the usual default soft
+    descriptor limit: time until warm, a job through it, the parent's
+    descriptors, and the parent's CPU while it sits idle."""
+    import resource
+
+    count = 20 if quick else 1000
+    window = 1.0 if quick else 10.0  # seconds idle: two pings per worker at the default 5 s
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(W7_SOFT_LIMIT, hard), hard))
+
+    async def main() -> dict[str, Any]:
+        start = time.perf_counter()
+        async with procsup.open_pool(idle=count, max_jobs=None) as pool:
+            await pool.wait_warm()
+            opened = time.perf_counter() - start
+            await pool.run(jobs.noop)
+            fds = len(os.listdir("/proc/self/fd"))
+            cpu = time.process_time()
+            idle_start = time.perf_counter()
+            await trio.sleep(window)
+            cpu_per_s = (time.process_time() - cpu) / (time.perf_counter() - idle_start)
+            starts = pool.statistics().starts
+            closing = time.perf_counter()
+        closed = time.perf_counter() - closing
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return {
+            "open": opened,
+            "rate": count / opened,
+            "cpu": cpu_per_s,
+            "cpu_per_worker": cpu_per_s / count,
+            "fds": fds,
+            "fds_per_worker": fds / count,
+            "close": closed,
+            "workers": count,
+            "setting": f"{starts} starts; soft descriptor limit {min(W7_SOFT_LIMIT, hard)} "
+            f"at open, {limit} after; {window:g} s idle",
+        }
+
+    return trio.run(main)
+
+
+W8_WORKERS = 2  # the concurrency of every W8 implementation
+
+
+def w8_many_jobs(quick: bool) -> dict[str, Any]:
+    """100,000 ``jobs.echo`` calls on 2 reusing workers, as fast as they go.
+
+    There is no ``pool.map`` yet: ``W8_WORKERS`` tasks of a nursery each call
+    ``pool.run`` in a loop (what a map over the pool would do)."""
+    total = w8_total(quick)
+    budget = JobBudget(total, w8_budget(quick))
+    done = 0
+
+    async def caller(pool: procsup.Pool) -> None:
+        nonlocal done
+        while budget.take():
+            ticket = budget.issued
+            if await pool.run(jobs.echo, ticket) != ticket:
+                raise RuntimeError(f"job {ticket} came back with another answer")
+            done += 1
+
+    async def main() -> dict[str, Any]:
+        async with procsup.open_pool(
+            idle=W8_WORKERS, max_workers=W8_WORKERS, max_jobs=None
+        ) as pool:
+            await pool.wait_warm()
+            for _ in range(10):
+                await pool.run(jobs.echo, 0)
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for _ in range(W8_WORKERS):
+                    nursery.start_soon(caller, pool)
+            elapsed = time.perf_counter() - start
+            starts = pool.statistics().starts
+        return many_jobs_result(done, elapsed, budget, f"{starts} starts")
+
+    return trio.run(main)
 
 
 # -- E: load ----------------------------------------------------------------------

@@ -12,9 +12,12 @@ from cases import (
     LOAD_POOL,
     LOAD_TASKS,
     METHODS,
+    PAYLOAD_KINDS,
     W1_PEERS,
     W3_MODES,
     W3_PEER_LABELS,
+    W6_PEERS,
+    W8_PEERS,
 )
 
 Results = dict[str, dict[str, Any]]
@@ -101,6 +104,21 @@ def compare(
     return Row(measurement, result, ref_label(ref), f"{ratio:.2f}x", target, verdict)
 
 
+def at_least(
+    measurement: str,
+    res: dict[str, Any] | None,
+    shown: Callable[[dict[str, Any]], str],
+    ref: dict[str, Any] | None,
+    ref_label: Callable[[dict[str, Any]], str],
+    bound: float,
+    key: str = "rate",
+) -> Row:
+    """A row judged PASS when ``res[key]`` is at least ``bound`` times ``ref[key]``."""
+    return compare(
+        measurement, res, shown, ref, ref_label, (key, key), f">= {bound:g}x", (">=", bound)
+    )
+
+
 def plain(
     measurement: str, res: dict[str, Any] | None, shown: Callable[[dict[str, Any]], str]
 ) -> Row:
@@ -166,6 +184,11 @@ def floors(r: Results) -> Section:
             r.get("trio_rtt"),
             _latency,
         ),
+        plain(
+            "memcpy of W6's payload into a buffer, in one process",
+            r.get("memcpy_bandwidth"),
+            _bandwidth,
+        ),
     ]
     return Section("A. Floors (this machine, this run)", rows)
 
@@ -221,39 +244,58 @@ def pool(r: Results) -> Section:
             )
         )
     best = _best_peer(r)
+    mp_fork = r.get("w1_mp_fork")
     for method in METHODS:
         res = r.get(f"w1_procsup_{method}")
+        builtin = r.get(f"w1_procsup_{method}_builtin")
         rows.append(
-            compare(
-                f"W1 one-shot throughput, 2 callers, procsup {method}",
+            at_least(
+                f"W1 one-shot throughput, job in a user module, 2 callers, idle=2, "
+                f"procsup {method}",
                 res,
                 _throughput,
-                best,
-                lambda x: f"best peer {fmt_rate(x['rate'])}: {x['label']}",
-                keys=("rate", "rate"),
-                target=">= 1.5x",
-                limit=(">=", 1.5),
+                mp_fork,
+                lambda x: f"mp.Pool fork {fmt_rate(x['rate'])}",
+                1.5,
             )
         )
         rows.append(
-            compare(
+            at_least(
+                f"W1 procsup {method}: job in a user module vs os.getpid",
+                res,
+                lambda x: fmt_rate(x["rate"]),
+                builtin,
+                lambda x: f"os.getpid {fmt_rate(x['rate'])}",
+                0.9,
+            )
+        )
+        rows.append(
+            at_least(
+                f"W1 procsup {method}, os.getpid",
+                builtin,
+                _throughput,
+                best,
+                lambda x: f"best peer {fmt_rate(x['rate'])}: {x['label']}",
+                1.5,
+            )
+        )
+        rows.append(
+            at_least(
                 f"W1 procsup {method} vs the fork floor",
                 res,
                 lambda x: fmt_rate(x["rate"]),
                 r.get("fork_rate"),
                 lambda x: f"fork+exit+waitpid {fmt_rate(x['rate'])}",
-                keys=("rate", "rate"),
-                target=">= 0.5x",
-                limit=(">=", 0.5),
+                0.5,
             )
         )
-        if problem(res) is None and res is not None and not res["distinct"]:
-            rows.append(
-                Row(f"W1 procsup {method}: a fresh worker per job", "PIDS REPEAT", verdict="MISS")
-            )
+        for job, case in ((res, "a user module"), (builtin, "os.getpid")):
+            if problem(job) is None and job is not None and not job["distinct"]:
+                label = f"W1 procsup {method}, {case}: a fresh worker per job"
+                rows.append(Row(label, "PIDS REPEAT", verdict="MISS"))
     for peer, label in W1_PEERS.items():
         rows.append(plain(f"W1 peer: {label}", r.get(f"w1_{peer}"), _throughput))
-    return Section("C. Pool (issue 3)", rows)
+    return Section("C. Pool (issues 3 and 14; W1 peers run the job from a user module)", rows)
 
 
 def _w3_result(res: dict[str, Any]) -> str:
@@ -371,9 +413,99 @@ def load(r: Results) -> Section:
     return Section("E. Load (issue 5)", rows)
 
 
+def _bandwidth(res: dict[str, Any]) -> str:
+    took = fmt_time(res["median"])
+    return f"{res['gbps']:.2f} GB/s ({took} median, {res['mib']:g} MiB, n={res['n']})"
+
+
+def issue14(r: Results) -> Section:
+    rows = []
+    memcpy = r.get("memcpy_bandwidth")
+    for kind in PAYLOAD_KINDS:
+        res = r.get(f"w6_procsup_{kind}")
+        what = f"W6 {kind} payload round trip (counted both ways), procsup pool.run"
+        rows.append(
+            at_least(
+                what,
+                res,
+                _bandwidth,
+                r.get(f"w6_mp_fork_{kind}"),
+                lambda x: f"mp fork {x['gbps']:.2f} GB/s",
+                4.0,
+                key="gbps",
+            )
+        )
+        rows.append(
+            at_least(
+                f"W6 {kind}: procsup vs in-process memcpy",
+                res,
+                lambda x: f"{x['gbps']:.2f} GB/s",
+                memcpy,
+                lambda x: f"memcpy {x['gbps']:.2f} GB/s",
+                0.25,
+                key="gbps",
+            )
+        )
+        for peer, label in W6_PEERS.items():
+            rows.append(plain(f"W6 {kind} peer: {label}", r.get(f"w6_{peer}_{kind}"), _bandwidth))
+    w7 = r.get("w7_procsup")
+    rows += [
+        bounded(
+            "W7 idle workers: open until warm",
+            w7,
+            lambda x: f"{fmt_time(x['open'])} for {x['workers']:,} ({x['rate']:,.0f} workers/s)",
+            lambda x: x["open"] < 60.0,
+            "< 60 s",
+        ),
+        bounded(
+            "W7 idle workers: parent CPU while idle",
+            w7,
+            lambda x: (
+                f"{x['cpu'] * 100:.2f}% of a core "
+                f"({x['cpu_per_worker'] * 1e6:.1f} µs per worker per second)"
+            ),
+            lambda x: x["cpu"] < 0.01,
+            "< 1% of a core",
+        ),
+        plain(
+            "W7 idle workers: parent descriptors, and closing",
+            w7,
+            lambda x: (
+                f"{x['fds']:,} descriptors ({x['fds_per_worker']:.2f} per worker); "
+                f"closed in {fmt_time(x['close'])}; {x['setting']}"
+            ),
+        ),
+    ]
+    w8 = r.get("w8_procsup")
+    rows.append(
+        at_least(
+            "W8 100,000 trivial jobs on 2 reusing workers, procsup (2 pool.run callers)",
+            w8,
+            _many_jobs,
+            r.get("w8_mp_fork"),
+            lambda x: f"imap_unordered {fmt_rate(x['rate'])}",
+            1.5,
+        )
+    )
+    for peer, label in W8_PEERS.items():
+        rows.append(plain(f"W8 peer: {label}", r.get(f"w8_{peer}"), _many_jobs))
+    return Section("F. Payloads, a thousand workers, many small jobs (issue 14)", rows)
+
+
+def _many_jobs(res: dict[str, Any]) -> str:
+    return f"{fmt_rate(res['rate'])} ({res['n']:,} jobs in {fmt_time(res['elapsed'])})"
+
+
 def build(results: Results) -> list[Section]:
     """The sections with at least one measured (or attempted) case."""
-    sections = [floors(results), worker(results), pool(results), issue6(results), load(results)]
+    sections = [
+        floors(results),
+        worker(results),
+        pool(results),
+        issue6(results),
+        load(results),
+        issue14(results),
+    ]
     return [
         attrs.evolve(s, rows=[row for row in s.rows if row.result != "not run"])
         for s in sections

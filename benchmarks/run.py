@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         metavar="NAMES",
-        help="comma-separated groups (floors, worker, w1, w2, w3, w4, w5, load; aliases pool, "
-        "issue5, issue6, all) or case names; the reference cases their targets need run too",
+        help="comma-separated groups (floors, worker, w1 ... w8, load; aliases pool, issue5, "
+        "issue6, issue14, all) or case names; the reference cases their targets need run too",
     )
     parser.add_argument(
         "--out", default="bench-results", help="output folder (default: %(default)s)"

@@ -10,30 +10,46 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TABLE_HEADER = "| Measurement | Result | Compared with | Ratio | Target | Verdict |"
+
+
+def run_quick(only: str, out: Path, timeout: float) -> list[str]:
+    """Run ``benchmarks/run.py --quick --only ONLY``; its stdout lines."""
+    script = str(ROOT / "benchmarks" / "run.py")
+    proc = subprocess.run(
+        [sys.executable, script, "--quick", "--only", only, "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ERROR" not in proc.stdout
+    assert TABLE_HEADER in proc.stdout.splitlines()
+    return proc.stdout.splitlines()
 
 
 def test_quick_benchmark_prints_tables(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--quick",
-            "--only",
-            "floors,worker",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert "| Measurement | Result | Compared with | Ratio | Target | Verdict |" in lines
+    lines = run_quick("floors,worker", out, timeout=60)
     assert any(line.startswith("| open_worker() spawn-to-ready") for line in lines)
     assert any(line.startswith("| `python -c pass` start") for line in lines)
-    assert "ERROR" not in proc.stdout
     assert (out / "results.md").read_text().startswith("## procsup benchmarks")
     assert (out / "results.json").exists()
+
+
+def test_quick_issue14_cases_run(tmp_path: Path) -> None:
+    """W6 (payload round trips), W7 (idle workers), W8 (many small jobs) at
+    tiny sizes: each procsup case measures; a peer that is not installed
+    shows n/a."""
+    lines = run_quick("w6,w7,w8", tmp_path / "bench", timeout=180)
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| W")}
+    for measurement in (
+        "| W6 bytes payload round trip (counted both ways), procsup pool.run",
+        "| W7 idle workers: open until warm",
+        "| W7 idle workers: parent CPU while idle",
+        "| W8 100,000 trivial jobs on 2 reusing workers, procsup (2 pool.run callers)",
+    ):
+        assert measurement in rows, lines
+        assert " n/a: " not in rows[measurement]
+    assert any(line.startswith("| memcpy of W6's payload") for line in lines)
