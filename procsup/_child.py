@@ -315,6 +315,12 @@ def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
     global _canceller
     try:
         fn, args = _loads(payload)
+    except _Interrupted:
+        raise
+    except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
+        channel.send(encode(Kind.ERROR, job_id, *_describe(exc)))
+        return
+    try:
         _canceller = _interrupt_main
         try:
             result = _call(fn, *args)
@@ -333,8 +339,10 @@ def _result_frame(channel: _Channel, job_id: int, result: object) -> bytes:
 
     try:
         data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # noqa: BLE001 -- any pickling failure is reported the same way
-        problem = f"could not be pickled: {exc}"
+    except _Interrupted:
+        raise
+    except BaseException as exc:  # noqa: BLE001 -- the result's own code; SystemExit too
+        problem = f"could not be pickled: {_safe_str(exc)}"
     else:
         if len(data) <= channel.max_frame:
             return encode(Kind.RESULT, job_id, data)
@@ -398,21 +406,46 @@ def _type_name(obj: object) -> str:
 
 
 def _describe(exc: BaseException, *, with_traceback: bool = True) -> tuple[str, str, str, bytes]:
-    """(type name, message, traceback text, pickled exception or b"")."""
+    """(type name, message, traceback text, pickled exception or b"").
+
+    Never raises but _Interrupted: the exception's own code (``__str__``,
+    ``__reduce__``, its unpickling) may raise anything, SystemExit included.
+    Only an ``Exception`` is pickled: the parent raises nothing else as itself.
+    """
     import pickle
+
+    message = _safe_str(exc)
+    tb = _format_traceback(exc) if with_traceback else ""
+    data = b""
+    if isinstance(exc, Exception):
+        try:
+            data = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+            pickle.loads(data)  # what does not round-trip here will not in the parent
+        except _Interrupted:
+            raise
+        except BaseException:  # noqa: BLE001
+            data = b""
+    return _type_name(exc), message, tb, data
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except _Interrupted:
+        raise
+    except BaseException:  # noqa: BLE001 -- a broken __str__ must not lose the error
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _format_traceback(exc: BaseException) -> str:
     import traceback
 
     try:
-        message = str(exc)
-    except Exception:  # noqa: BLE001 -- a broken __str__ must not lose the error
-        message = f"<unprintable {type(exc).__name__}>"
-    tb = "".join(traceback.format_exception(exc)) if with_traceback else ""
-    try:
-        data = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
-        pickle.loads(data)  # what does not round-trip here will not in the parent
-    except Exception:  # noqa: BLE001
-        data = b""
-    return _type_name(exc), message, tb, data
+        return "".join(traceback.format_exception(exc))
+    except _Interrupted:
+        raise
+    except BaseException:  # noqa: BLE001 -- e.g. a broken __str__ in the chain
+        return f"{_type_name(exc)}: {_safe_str(exc)} (its traceback could not be formatted)\n"
 
 
 def _next_order(orders: _FrameReader) -> tuple[int, tuple[Any, ...]]:

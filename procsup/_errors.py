@@ -190,7 +190,9 @@ class NoWorkerAvailableError(ProcsupError):
 
 
 class RemoteError(ProcsupError):
-    """A job raised an exception that could not be re-created in the parent.
+    """A job raised an exception that is not an ``Exception`` (e.g.
+    ``KeyboardInterrupt``, a pickled ``trio.Cancelled``) or could not be
+    re-created in the parent.
 
     Attributes:
         type_name: the qualified name of the exception type in the child.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import pickle
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +28,6 @@ from ._child import importing_parent_main
 from ._errors import (
     MemoryLimitError,
     ProtocolError,
-    RemoteError,
     RemoteTraceback,
     SerializationError,
     UnsupportedPlatformError,
@@ -40,6 +38,7 @@ from ._errors import (
     WorkerUnresponsiveError,
 )
 from ._options import WorkerOptions, default_start_method
+from ._pickle import dump_job, load_result, rebuild_error
 from ._spawn import ChildProcess, ExecSpawner, Spawner
 from ._util import collapse_single_group
 from ._wire import Kind
@@ -142,9 +141,9 @@ class Worker:
         """Run ``fn(*args)`` in the worker and return its result.
 
         ``fn`` may be sync or async (async runs under trio in the worker).
-        An exception from the job re-raises here as the same type when it
-        pickles (else :class:`RemoteError`), with the worker's traceback as
-        ``__cause__``. Cancelling this call stops the job: the worker is
+        An exception from the job re-raises here as the same type when it is
+        an ``Exception`` that pickles (else :class:`RemoteError`), with the
+        worker's traceback as ``__cause__``. Cancelling this call stops the job: the worker is
         asked to stop, killed after ``cancel_grace`` seconds, and reaped
         before the cancellation propagates; the worker is then retired.
 
@@ -158,7 +157,7 @@ class Worker:
         """
         if not self.accepting_jobs:
             self._refuse_job()
-        payload = _dump_job(fn, args, self._options.max_message_bytes)
+        payload = dump_job(fn, args, self._options.max_message_bytes)
         job = _PendingJob(next(_job_ids))
         self._job = job
         self._phase = "job"
@@ -486,18 +485,13 @@ class Worker:
     def _settle_job(self, job: _PendingJob, kind: int, fields: tuple[Any, ...]) -> None:
         if kind == Kind.RESULT:
             try:
-                value = pickle.loads(fields[1])
-            except Exception as exc:  # noqa: BLE001 -- unpickling runs arbitrary code
-                job.fail(
-                    SerializationError(
-                        f"the job's result could not be unpickled in the parent: {exc!r}"
-                    )
-                )
+                value = load_result(fields[1])
+            except SerializationError as exc:
+                job.fail(exc)
             else:
                 job.succeed(value)
             return
-        _, type_name, message, tb, data = fields
-        job.fail(_rebuild_exception(type_name, message, tb, data))
+        job.fail(rebuild_error(*fields[1:]))
 
     def _log_record(
         self,
@@ -571,23 +565,6 @@ class _PendingJob:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
 
-def _dump_job(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> bytes:
-    if not callable(fn):
-        raise TypeError(f"job must be callable, got {fn!r}")
-    try:
-        data = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise SerializationError(
-            f"job {getattr(fn, '__qualname__', fn)!r} or its arguments cannot be pickled: {exc}; "
-            "jobs must be module-level functions with picklable arguments"
-        ) from exc
-    if len(data) > limit:
-        raise SerializationError(
-            f"job arguments pickle to {len(data)} bytes, over max_message_bytes={limit}"
-        )
-    return data
-
-
 def _init_frame(options: WorkerOptions) -> bytes:
     return _wire.encode(
         Kind.INIT,
@@ -596,20 +573,6 @@ def _init_frame(options: WorkerOptions) -> bytes:
         logging.getLogger().getEffectiveLevel(),
         options.max_message_bytes,
     )
-
-
-def _rebuild_exception(type_name: str, message: str, tb: str, data: bytes) -> BaseException:
-    exc: BaseException | None = None
-    if data:
-        try:
-            exc = pickle.loads(data)
-        except Exception:  # noqa: BLE001 -- unpickling runs arbitrary code
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RemoteError(type_name, message, tb)
-    if tb:
-        exc.__cause__ = RemoteTraceback(tb)
-    return exc
 
 
 def _check_platform() -> None:
