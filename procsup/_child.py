@@ -70,22 +70,41 @@ class _Interrupted(BaseException):
 
 
 class _Channel:
-    """The child's end of the socketpair. Writes are serialised by a lock; log
-    frames queue up and go out before the next direct send, keeping order."""
+    """The child's end of the jobs socket. One frame is written at a time,
+    under a lock. Three kinds of sender:
+
+    * answers (READY, RESULT, ...) go after the log records queued before
+      them, keeping their order;
+    * log records queue up (never blocking the job) for a writer thread;
+    * health answers (PONG) go at the next frame boundary, ahead of every
+      queued record: whoever holds the lock writes them before its next
+      frame, and every release looks again, so none is stranded.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.max_frame = 1 << 31
-        self._lock = _thread.allocate_lock()
+        self._lock = _thread.allocate_lock()  # held while one frame (or a queue's turn) is written
         self._logs: deque[bytes] = deque()
+        self._urgent: deque[bytes] = deque()  # PONGs; appended without the lock
         self._wake: SimpleQueue[None] | None = None  # wakes the log writer thread
         self._dropped_lock = _thread.allocate_lock()  # held for a counter update only
         self._dropped_logs = 0
 
     def send(self, frame: bytes) -> None:
-        with self._lock:
-            self._drain_logs()
+        """Send an answer, after the log records queued before it."""
+        self._lock.acquire()
+        try:
+            self._drain_logs(len(self._logs))
+            self._write_urgent()
             self._write(frame)
+        finally:
+            self._unlock()
+
+    def send_urgent(self, frame: bytes) -> None:
+        """Send a health answer ahead of queued records; never waits for them."""
+        self._urgent.append(frame)
+        self._take_urgent()
 
     def post_log(self, frame: bytes) -> None:
         """Queue a log frame; never blocks. Past a bound, records are dropped;
@@ -100,25 +119,52 @@ class _Channel:
             _thread.start_new_thread(self._write_logs_forever, (self._wake,))
         self._wake.put(None)
 
-    def flush(self) -> None:
-        with self._lock:
-            self._drain_logs()
+    def flush(self, count: int | None = None) -> None:
+        """Write the queued records (the first ``count`` of them)."""
+        self._lock.acquire()
+        try:
+            self._drain_logs(len(self._logs) if count is None else count)
+        finally:
+            self._unlock()
 
     def _write_logs_forever(self, wake: SimpleQueue[None]) -> None:
         while True:
             wake.get()
             try:
-                self.flush()
+                # What is queued now, then the lock goes back: a job that
+                # logs faster than the channel carries never holds it forever.
+                self.flush(len(self._logs))
             except OSError:
                 return
 
-    def _drain_logs(self) -> None:
-        while self._logs:
-            self._write(self._logs.popleft())
+    def _drain_logs(self, count: int) -> None:
+        logs = self._logs
+        for _ in range(min(count, len(logs))):
+            if self._urgent:
+                self._write_urgent()
+            self._write(logs.popleft())
         if self._dropped_logs:
             with self._dropped_lock:
                 dropped, self._dropped_logs = self._dropped_logs, 0
             self._write(_dropped_logs_frame(dropped))
+
+    def _write_urgent(self) -> None:
+        urgent = self._urgent
+        while urgent:
+            self._write(urgent.popleft())
+
+    def _unlock(self) -> None:
+        self._lock.release()
+        self._take_urgent()
+
+    def _take_urgent(self) -> None:
+        # A health answer queued after the holder last looked is ours to send;
+        # if another thread holds the lock, its release looks again.
+        while self._urgent and self._lock.acquire(False):
+            try:
+                self._write_urgent()
+            finally:
+                self._lock.release()
 
     def _write(self, data: bytes) -> None:
         written = os.write(self.fd, data)
@@ -464,7 +510,7 @@ def _control_forever(channel: _Channel, control_fd: int) -> None:
         while (frame := reader.next()) is not None:
             kind, fields = frame
             if kind == Kind.PING:
-                channel.send(encode(Kind.PONG, *fields))
+                channel.send_urgent(encode(Kind.PONG, *fields))
             else:  # CANCEL
                 _request_cancel()
     except BaseException:  # noqa: BLE001 -- any failure here means the parent is gone

@@ -227,3 +227,21 @@ def first_start_hangs_init() -> str:
     if _claim_start_number() == 0:
         time.sleep(3600)
     return "ok"
+
+
+def chatty_cpu(seconds: float, per_second: int) -> int:
+    """Busy the CPU for ``seconds`` while logging ``per_second`` records a
+    second; return how many were logged."""
+    import logging
+
+    log = logging.getLogger("tests.chatty")
+    gap = 1.0 / per_second
+    start = time.perf_counter()
+    due = start
+    count = 0
+    while (now := time.perf_counter()) - start < seconds:
+        if now >= due:
+            log.warning("chatty %d", count)
+            count += 1
+            due += gap
+    return count
