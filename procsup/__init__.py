@@ -20,6 +20,7 @@ _EXPORTS = {
     "open_worker": "procsup._worker",
     "Worker": "procsup._worker",
     "worker_state": "procsup._child",
+    "worker_slot": "procsup._child",
     "in_worker": "procsup._child",
     # the pool layer
     "open_pool": "procsup._pool",
@@ -62,6 +63,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from ._child import in_worker as in_worker
+    from ._child import worker_slot as worker_slot
     from ._child import worker_state as worker_state
     from ._errors import MemoryLimitError as MemoryLimitError
     from ._errors import NoWorkerAvailableError as NoWorkerAvailableError

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, NoReturn
 
-__all__ = ["importing_parent_main", "in_worker", "main", "run", "worker_state"]
+__all__ = ["importing_parent_main", "in_worker", "main", "run", "worker_slot", "worker_state"]
 
 _MAX_PENDING_LOGS = 10_000
 # One page: a forked worker pays a page fault for each page it touches, and
@@ -41,6 +41,7 @@ _MAX_PENDING_LOGS = 10_000
 _LANDING_BYTES = 4096
 _NO_STATE = object()
 _state: object = _NO_STATE
+_slot: int | None = None  # set from INIT
 _canceller: Callable[[], None] | None = None
 _cancel_requested = False
 
@@ -58,6 +59,20 @@ def worker_state() -> Any:
             "after its initializer has returned"
         )
     return _state
+
+
+def worker_slot() -> int:
+    """Return this worker's slot, inside a worker process: the lowest integer
+    in ``[0, max_workers)`` that no other live worker of its pool holds (so a
+    replacement takes the slot of the worker it replaces). A worker of
+    :func:`procsup.open_worker` has slot 0.
+
+    Raises:
+        RuntimeError: when called outside a worker.
+    """
+    if _slot is None:
+        raise RuntimeError("procsup.worker_slot() is only available inside a worker process")
+    return _slot
 
 
 def in_worker() -> bool:
@@ -182,7 +197,7 @@ def _dropped_logs_frame(count: int) -> bytes:
         f"{_MAX_PENDING_LOGS} were waiting to be sent (the job logs faster than the "
         "channel carries)"
     )
-    return encode(Kind.LOG, "procsup", 30, message, time.time(), "", 0, "", "")
+    return encode(Kind.LOG, "procsup", 30, message, time.time(), "", 0, "", "", "")
 
 
 class _FrameReader:
@@ -261,6 +276,9 @@ def run(fd: int, control_fd: int, parent_main: str = "") -> int:
     except _Interrupted:
         code = 0 if _cancel_requested else 128 + signal.SIGTERM
     finally:  # records logged just before exit (even sys.exit in a job) still go out
+        capture = sys.modules.get("procsup._capture")
+        if capture is not None:  # and what it printed
+            capture.stop_capture()
         try:
             channel.flush()
         except OSError:
@@ -332,8 +350,9 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     kind, fields = _next_order(orders)
     if kind != Kind.INIT:
         return 0
-    payload, max_jobs, log_level, max_frame = fields
+    payload, max_jobs, log_level, max_frame, *startup = fields
     channel.max_frame = max_frame
+    _start_up(channel, *startup)
     _set_log_level(log_level)
     try:
         initializer = _loads(payload) if payload else None
@@ -545,12 +564,78 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Interrupted
 
 
+# -- start-up --------------------------------------------------------------------
+# What INIT says about the process itself (procsup._startup builds it): its
+# slot, its name in ps and top, its environment, whether its output is
+# captured. Applied before the initializer runs.
+
+
+def _start_up(
+    channel: _Channel, slot: int, title: str, comm: str, env: bytes, levels: str, capture: int
+) -> None:
+    global _slot, _logger_levels
+    _slot = slot
+    if title:
+        _name_process(title, comm)
+    if env:
+        _update_environ(env)
+    _logger_levels = levels
+    if capture:
+        from ._capture import capture_output
+
+        capture_output(channel)
+
+
+def _name_process(title: str, comm: str) -> None:
+    """Show the interpreter's path and ``title`` in ps, and ``comm`` in top.
+
+    The argument area is rewritten in place through /proc/self/mem, as
+    setproctitle does: the new text and a NUL, and a last byte that is not
+    NUL, which tells the kernel to show the area up to that first NUL. The
+    kernel keeps 15 bytes of ``comm``. A few system calls; skipped where
+    /proc refuses.
+    """
+    try:
+        fd = os.open("/proc/self/stat", os.O_RDONLY)
+        try:
+            stat = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end
+        text = os.fsencode(sys.orig_argv[0]) + b" " + title.encode("utf-8", "replace")
+        text = text[: end - start - 2] + b"\0"
+        fd = os.open("/proc/self/mem", os.O_WRONLY)
+        try:
+            os.pwrite(fd, text + bytes(end - start - len(text) - 1) + b" ", start)
+        finally:
+            os.close(fd)
+        fd = os.open("/proc/self/comm", os.O_WRONLY)
+        try:
+            os.write(fd, comm.encode("utf-8", "replace")[:15])
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+def _update_environ(env: bytes) -> None:
+    """``KEY=VALUE`` sets, a bare ``KEY`` removes; NUL-separated."""
+    for item in env.split(b"\0"):
+        key, eq, value = item.partition(b"=")
+        if eq:
+            os.environb[key] = value
+        else:
+            os.environb.pop(key, None)
+
+
 # -- logging -------------------------------------------------------------------
 # Records are shipped as fixed fields (never pickled), so an unpicklable record
 # degrades to its formatted message. ``logging`` costs the child milliseconds
 # to import, so the handler is installed when user code first imports it.
 
 _log_level = 0
+_logger_levels = ""  # the parent's named loggers' levels, "name=level" NUL-separated
 
 
 def _set_log_level(level: int) -> None:
@@ -598,6 +683,10 @@ def _install_log_handler(logging: Any = None) -> None:
         root.addHandler(handler)
     if _log_level:
         root.setLevel(_log_level)
+    if _logger_levels:
+        for item in _logger_levels.split("\0"):
+            name, _, level = item.rpartition("=")
+            logging.getLogger(name).setLevel(int(level))
 
 
 class _ShipHandler:
@@ -605,6 +694,10 @@ class _ShipHandler:
 
 
 def _make_ship_handler(logging: Any) -> Any:
+    from ._logextra import encode_extra
+
+    standard = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
     class ShipHandler(logging.Handler, _ShipHandler):  # type: ignore[misc]
         def emit(self, record: Any) -> None:
             channel = _channel
@@ -628,6 +721,7 @@ def _make_ship_handler(logging: Any) -> Any:
                     record.lineno or 0,
                     record.funcName or "",
                     exc_text,
+                    encode_extra(record.__dict__, standard),
                 )
             )
 

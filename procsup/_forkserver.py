@@ -23,9 +23,11 @@ Contracts:
   group on EOF of its channel. A template that dies has its workers killed
   by the spawner, and the next spawn starts a new one, after a backoff when
   templates keep dying.
-* The template, so every worker, keeps the environment variables, working
-  directory and ``sys.path`` the parent had when the template started (at
-  the first spawn); exec workers take them at each spawn. Descriptors that
+* The template keeps the working directory and ``sys.path`` the parent had
+  when the template started (at the first spawn); exec workers take them at
+  each spawn. The environment is every worker's own: :attr:`environ_base`
+  is the template's, and each worker is sent what differs from it now (see
+  :mod:`procsup._startup`). Descriptors that
   preloaded modules open are shared with every worker, as with any fork.
 * One background task per template reads its control socket. The Spawner
   protocol gives no nursery, so it is a trio *system* task; :meth:`aclose`
@@ -52,6 +54,7 @@ from . import _forkserver_child as proto
 from ._backoff import backoff_delay
 from ._errors import WorkerStartError, describe_exit
 from ._spawn import ChildProcess, _ExecChild, _open_pidfd, kill_group, parent_main_reference
+from ._startup import environ_snapshot
 
 __all__ = ["ForkServerSpawner"]
 
@@ -97,6 +100,9 @@ class ForkServerSpawner:
         self._start_lock = trio.Lock()
         self._failures = 0  # templates in a row that failed to start or died
         self._closed = False
+        self.environ_base: dict[bytes, bytes] | None = None
+        """The environment the running template started with (None before
+        the first): a worker is sent what differs from it."""
 
     @property
     def template_pid(self) -> int | None:
@@ -151,6 +157,8 @@ class ForkServerSpawner:
             code = _BOOTSTRAP.format(
                 path=sys.path, fd=fd, preload=list(self.preload), main=parent_main_reference()
             )
+
+            self.environ_base = environ_snapshot()  # what Popen passes on
 
             def popen() -> subprocess.Popen[bytes]:
                 return subprocess.Popen(

@@ -16,6 +16,8 @@ from typing import Any
 
 import attrs
 
+from ._startup import EnvOption, check_env, default_name
+
 __all__ = ["START_METHODS", "WorkerOptions", "check_initializer"]
 
 START_METHODS = ("exec", "forkserver")
@@ -137,6 +139,12 @@ class WorkerOptions:
     max_message_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_count(1024))
     start_method: str = attrs.field(default="exec")
     preload: tuple[str, ...] = attrs.field(default=(), converter=_module_names)
+    name: str = attrs.field(
+        default=attrs.Factory(lambda self: default_name(self.initializer), takes_self=True),
+        validator=attrs.validators.instance_of(str),
+    )
+    env: EnvOption = attrs.field(default=None, validator=check_env)
+    capture_output: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     initializer_payload: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

@@ -138,10 +138,11 @@ class PoolStatistics:
 class _Member:
     """The registry's record of one child and its state in the pool."""
 
-    __slots__ = ("retire_scope", "seq", "state", "worker")
+    __slots__ = ("retire_scope", "seq", "slot", "state", "worker")
 
-    def __init__(self, seq: int) -> None:
+    def __init__(self, seq: int, slot: int) -> None:
         self.seq = seq
+        self.slot = slot  # held from the start until the process is reaped
         self.state = GONE  # not counted until the pool sets it
         self.worker: Worker | None = None
         self.retire_scope = trio.CancelScope()
@@ -228,6 +229,7 @@ class Pool:
         self._nursery = nursery
         self._closed = False
         self._members: dict[int, _Member] = {}
+        self._slots: set[int] = set()  # the members' slots (procsup.worker_slot)
         self._counts: Counter[str] = Counter()
         self._seq = itertools.count(1)
         self._in_flight: set[int] = set()  # starts not yet settled
@@ -487,7 +489,9 @@ class Pool:
             self._start_one()
 
     def _start_one(self) -> None:
-        member = _Member(next(self._seq))
+        slot = next(i for i in itertools.count() if i not in self._slots)  # the lowest free
+        self._slots.add(slot)
+        member = _Member(next(self._seq), slot)
         self._members[member.seq] = member
         self._in_flight.add(member.seq)
         self._set_state(member, WARMING)
@@ -501,7 +505,7 @@ class Pool:
                 await self._start_slots.wait(member.seq)
                 try:
                     worker = await stack.enter_async_context(
-                        supervise(self._worker_options, self._spawner, self._spawned)
+                        supervise(self._worker_options, self._spawner, self._spawned, member.slot)
                     )
                 except WorkerStartError as exc:
                     self._start_failed(member, exc)
@@ -550,6 +554,7 @@ class Pool:
         self._in_flight.discard(member.seq)
         self._set_state(member, GONE)
         del self._members[member.seq]
+        self._slots.discard(member.slot)
         worker = member.worker
         if worker is not None:
             self._emit("exited", worker.pid, returncode=worker.returncode)

@@ -65,7 +65,10 @@ class Kind:
 
 # i: int64, f: float64, s: UTF-8 string, b: bytes
 SCHEMAS: Final[dict[int, str]] = {
-    Kind.INIT: "biii",  # initializer payload, max_jobs (0 = no limit), log level, max frame
+    # initializer payload, max_jobs (0 = no limit), log level, max frame, then the
+    # start-up fields (procsup._startup): slot, ps title, top name, env updates,
+    # logger levels, capture flag
+    Kind.INIT: "biiiissbsi",
     Kind.JOB: "ib",  # job id, payload (callable and arguments)
     Kind.CANCEL: "i",  # job id
     Kind.PING: "f",  # the parent's clock, echoed back
@@ -75,7 +78,8 @@ SCHEMAS: Final[dict[int, str]] = {
     Kind.RESULT: "ib",  # job id, result payload
     Kind.ERROR: "isssb",  # job id, type name, message, traceback, exception payload
     Kind.PONG: "f",
-    Kind.LOG: "sisfsiss",  # name, level, message, created, path, line, func, exc text
+    # name, level, message, created, path, line, func, exc text, extra (procsup._logextra)
+    Kind.LOG: "sisfsisss",
 }
 
 # The parent writes INIT, JOB and STOP on the jobs socket, which the worker's

@@ -37,9 +37,11 @@ from ._errors import (
     WorkerStartError,
     WorkerUnresponsiveError,
 )
+from ._logextra import record_extra
 from ._options import WorkerOptions, default_start_method
 from ._pickle import dump_job, load_result, rebuild_error
 from ._spawn import ChildProcess, ExecSpawner, Spawner
+from ._startup import startup_fields
 from ._util import collapse_single_group
 from ._wire import Kind
 
@@ -72,8 +74,11 @@ class Worker:
         process: ChildProcess,
         sock: socket.socket,
         control: socket.socket,
+        slot: int = 0,
     ) -> None:
         self._options = options
+        self.slot = slot
+        """The worker's slot in its pool (see :func:`procsup.worker_slot`)."""
         self._process = process
         self._channel = ParentChannel(sock, control, options.max_message_bytes)
         self._phase = "init"
@@ -503,6 +508,7 @@ class Worker:
         line: int,
         func: str,
         exc_text: str,
+        extra: str,
     ) -> None:
         target = logging.getLogger(name)
         if not target.isEnabledFor(level):
@@ -516,7 +522,7 @@ class Worker:
             (),
             None,
             func,
-            extra={"worker_pid": self.pid},
+            extra=record_extra(extra, worker_pid=self.pid, worker_slot=self.slot),
         )
         record.created = created
         record.process = self.pid
@@ -565,13 +571,20 @@ class _PendingJob:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
 
-def _init_frame(options: WorkerOptions) -> bytes:
+def _init_frame(options: WorkerOptions, slot: int, spawner: Spawner) -> bytes:
     return _wire.encode(
         Kind.INIT,
         options.initializer_payload,
         options.max_jobs or 0,
         logging.getLogger().getEffectiveLevel(),
         options.max_message_bytes,
+        *startup_fields(
+            name=options.name,
+            slot=slot,
+            env=options.env,
+            capture_output=options.capture_output,
+            environ_base=getattr(spawner, "environ_base", None),
+        ),
     )
 
 
@@ -613,19 +626,23 @@ async def open_spawner(options: WorkerOptions) -> AsyncIterator[Spawner]:
 
 @asynccontextmanager
 async def supervise(
-    options: WorkerOptions, spawner: Spawner, on_spawn: Callable[[int], object] | None = None
+    options: WorkerOptions,
+    spawner: Spawner,
+    on_spawn: Callable[[int], object] | None = None,
+    slot: int = 0,
 ) -> AsyncIterator[Worker]:
     """Start a worker and own it until the block exits; see :func:`open_worker`.
 
     ``on_spawn(pid)`` is called once the process exists, before it is warm.
+    ``slot`` is the worker's slot in its pool.
     """
+    init = _init_frame(options, slot, spawner)
     parent_sock, child_sock = socket.socketpair()
     parent_control, child_control = socket.socketpair()
     # INIT goes in before the process exists, so that it reads it as soon as
     # it runs: off the path to warm are our handling of the spawn and a
     # round trip through the event loop.
     parent_sock.setblocking(False)
-    init = _init_frame(options)
     unsent_init = init[send_some(parent_sock, init) :]
     try:
         process = await spawner.spawn(child_sock.fileno(), child_control.fileno())
@@ -640,7 +657,7 @@ async def supervise(
     finally:
         child_sock.close()
         child_control.close()
-    worker = Worker(options, process, parent_sock, parent_control)
+    worker = Worker(options, process, parent_sock, parent_control, slot)
     worker._unsent_init = unsent_init
     if on_spawn is not None:
         on_spawn(process.pid)

@@ -112,11 +112,14 @@ def write_input(project: Path, lines: list[str]) -> str:
 
 
 def survivors(marker: str) -> list[str]:
-    """Command lines of live processes (zombies aside) that mention ``marker``."""
+    """Command lines of live processes (zombies aside) that mention ``marker``
+    in their command line or working directory (a worker's command line is
+    its name, ``procsup worker ...``)."""
     found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
+    for proc in psutil.process_iter(["cmdline", "status", "cwd"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if marker in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+        where = f"{cmdline} {proc.info['cwd'] or ''}"
+        if marker in where and proc.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(f"{proc.pid}: {cmdline[:150]}")
     return found
 
