@@ -592,19 +592,12 @@ def _name_process(title: str, comm: str) -> None:
     The argument area is rewritten in place through /proc/self/mem, as
     setproctitle does: the new text and a NUL, and a last byte that is not
     NUL, which tells the kernel to show the area up to that first NUL. The
-    kernel keeps 15 bytes of ``comm``. A few system calls; skipped where
+    kernel keeps 15 bytes of ``comm``. Three system calls each; skipped where
     /proc refuses.
     """
     try:
-        fd = os.open("/proc/self/stat", os.O_RDONLY)
-        try:
-            stat = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end
-        text = os.fsencode(sys.orig_argv[0]) + b" " + title.encode("utf-8", "replace")
-        text = text[: end - start - 2] + b"\0"
+        start, end, argv0 = _arg_area or find_arg_area()
+        text = (argv0 + b" " + title.encode("utf-8", "replace"))[: end - start - 2] + b"\0"
         fd = os.open("/proc/self/mem", os.O_WRONLY)
         try:
             os.pwrite(fd, text + bytes(end - start - len(text) - 1) + b" ", start)
@@ -617,6 +610,25 @@ def _name_process(title: str, comm: str) -> None:
             os.close(fd)
     except (OSError, ValueError, IndexError):
         pass
+
+
+_arg_area: tuple[int, int, bytes] | None = None  # (start, end, argv[0]) of the argument area
+
+
+def find_arg_area() -> tuple[int, int, bytes]:
+    """Where this process's arguments lie in its memory. A fork-server
+    template calls this once: its workers inherit the answer (and the layout
+    it describes), and skip reading and parsing /proc/self/stat."""
+    global _arg_area
+    fd = os.open("/proc/self/stat", os.O_RDONLY)
+    try:
+        stat = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    fields = stat[stat.rindex(b")") + 2 :].split()  # from field 3 on
+    argv0 = sys.orig_argv[0].encode(sys.getfilesystemencoding(), "surrogateescape")
+    _arg_area = int(fields[45]), int(fields[46]), argv0  # fields 48 and 49
+    return _arg_area
 
 
 def _update_environ(env: bytes) -> None:

@@ -170,6 +170,10 @@ def _preload(ctrl: _socket.socket, names: list[str]) -> None:
     # imports itself twice over, in time and in page faults (atexit: ~57).
     for name in ("atexit", "pickle", "procsup._child"):
         importlib.import_module(name)
+    try:  # once here, not in every worker (which names itself for ps)
+        sys.modules["procsup._child"].find_arg_area()
+    except (OSError, ValueError, IndexError):
+        pass
     for name in names:
         try:
             importlib.import_module(name)

@@ -82,7 +82,6 @@ def log_debug_and_extra() -> int:
             "nothing": None,
             "who": "me",
             "thing": object(),
-            "process": "forged",
         },
     )
     return os.getpid()
