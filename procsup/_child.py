@@ -33,7 +33,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, NoReturn
 
-__all__ = ["importing_parent_main", "in_worker", "main", "run", "worker_slot", "worker_state"]
+__all__ = [
+    "has_large_buffer",
+    "importing_parent_main",
+    "in_worker",
+    "main",
+    "run",
+    "worker_slot",
+    "worker_state",
+]
 
 _MAX_PENDING_LOGS = 10_000
 # One page: a forked worker pays a page fault for each page it touches, and
@@ -44,6 +52,7 @@ _state: object = _NO_STATE
 _slot: int | None = None  # set from INIT
 _canceller: Callable[[], None] | None = None
 _cancel_requested = False
+_shm_min_bytes = 0  # from INIT: a result's buffers this large go through shared memory (0: never)
 
 
 def worker_state() -> Any:
@@ -244,6 +253,7 @@ class _FrameReader:
 
 
 _channel: _Channel | None = None
+_orders: _FrameReader | None = None  # the jobs socket's frames, read by the main thread
 _main_thread = 0
 
 
@@ -271,8 +281,10 @@ def run(fd: int, control_fd: int, parent_main: str = "") -> int:
     _main_thread = _thread.get_ident()
     _thread.start_new_thread(_control_forever, (channel, control_fd))
     _watch_logging_import()
+    global _orders
+    _orders = orders = _FrameReader(fd, TO_MAIN, channel)
     try:
-        code = _serve(channel, _FrameReader(fd, TO_MAIN, channel))
+        code = _serve(channel, orders)
     except _Interrupted:
         code = 0 if _cancel_requested else 128 + signal.SIGTERM
     finally:  # records logged just before exit (even sys.exit in a job) still go out
@@ -346,11 +358,11 @@ def _import_parent_main(reference: str) -> Any:
 
 
 def _serve(channel: _Channel, orders: _FrameReader) -> int:
-    global _state
+    global _state, _shm_min_bytes
     kind, fields = _next_order(orders)
     if kind != Kind.INIT:
         return 0
-    payload, max_jobs, log_level, max_frame, *startup = fields
+    payload, max_jobs, log_level, max_frame, _shm_min_bytes, *startup = fields
     channel.max_frame = max_frame
     _start_up(channel, *startup)
     _set_log_level(log_level)
@@ -369,7 +381,11 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     done = 0
     while not max_jobs or done < max_jobs:
         kind, fields = _next_order(orders)
-        if kind != Kind.JOB:
+        if kind == Kind.JOB_SHM:  # large buffers in shared memory
+            from . import _shm
+
+            fields = (fields[0], _shm.job_loader(*fields[1:]))
+        elif kind != Kind.JOB:
             return 0  # STOP
         _run_job(channel, *fields)
         done += 1
@@ -402,6 +418,14 @@ def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
 def _result_frame(channel: _Channel, job_id: int, result: object) -> bytes:
     import pickle
 
+    if _shm_min_bytes and has_large_buffer(result, _shm_min_bytes, depth=1):
+        from . import _shm
+
+        frame = _shm.result_frame(
+            channel.send, _next_main_order, job_id, result, _shm_min_bytes, channel.max_frame
+        )
+        if frame is not None:
+            return frame
     try:
         data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
     except _Interrupted:
@@ -445,10 +469,42 @@ def _run_coroutine(coro: Any) -> Any:
         _canceller = previous
 
 
-def _loads(payload: bytes) -> Any:
+def _loads(payload: bytes | Callable[[], Any]) -> Any:
+    if not isinstance(payload, bytes):
+        return payload()  # a loader of _shm's
     import pickle
 
     return pickle.loads(payload)
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+_SCANNED_ITEMS = 64  # of each tuple, list or dict: a large buffer is looked for in these
+
+
+def has_large_buffer(obj: object, min_bytes: int, depth: int = 2) -> bool:
+    """True when ``obj`` is, or holds ``depth`` levels down in tuples, lists
+    and dicts (the first 64 items of each), a ``bytes``, ``bytearray``,
+    ``memoryview`` or array (``__array_interface__``: NumPy) of at least
+    ``min_bytes``. Cheap: it decides whether :mod:`procsup._shm` is needed."""
+    kind = type(obj)
+    if kind in _SCALARS:
+        return False
+    if kind is bytes or kind is bytearray:
+        return len(obj) >= min_bytes  # type: ignore[arg-type]
+    if kind is tuple or kind is list or kind is dict:
+        if depth:
+            items: Any = obj.values() if kind is dict else obj  # type: ignore[attr-defined]
+            for count, item in enumerate(items):
+                if count == _SCANNED_ITEMS:
+                    break
+                if has_large_buffer(item, min_bytes, depth - 1):
+                    return True
+        return False
+    if kind is memoryview:
+        return bool(obj.nbytes >= min_bytes)  # type: ignore[attr-defined]
+    if hasattr(kind, "__array_interface__"):
+        return bool(getattr(obj, "nbytes", 0) >= min_bytes)
+    return False
 
 
 def _resolve(spec: str) -> Callable[..., Any]:
@@ -511,6 +567,11 @@ def _format_traceback(exc: BaseException) -> str:
         raise
     except BaseException:  # noqa: BLE001 -- e.g. a broken __str__ in the chain
         return f"{_type_name(exc)}: {_safe_str(exc)} (its traceback could not be formatted)\n"
+
+
+def _next_main_order() -> tuple[int, tuple[Any, ...]]:
+    assert _orders is not None
+    return _next_order(_orders)
 
 
 def _next_order(orders: _FrameReader) -> tuple[int, tuple[Any, ...]]:

@@ -137,6 +137,11 @@ class WorkerOptions:
     memory_interval: float = attrs.field(default=0.5, validator=_number(0))
     cancel_grace: float = attrs.field(default=1.0, validator=_number(0, strict=False))
     max_message_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_count(1024))
+    # Measured (docs/benchmarks.rst, "Large payloads"): below this a buffer
+    # is cheaper through the socket than through shared memory.
+    shm_min_bytes: int | None = attrs.field(
+        default=128 * 1024, validator=_count(1, allow_none=True)
+    )
     start_method: str = attrs.field(default="exec")
     preload: tuple[str, ...] = attrs.field(default=(), converter=_module_names)
     name: str = attrs.field(

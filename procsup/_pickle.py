@@ -46,14 +46,15 @@ def dump_job(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> bytes
 # KI-protected: a KeyboardInterrupt raised in here comes from the payload,
 # never from a Ctrl-C (trio delivers that at the next checkpoint instead).
 @trio.lowlevel.enable_ki_protection
-def load_result(data: bytes) -> Any:
-    """Unpickle a job's result.
+def load_result(data: bytes, loads: Callable[[bytes], Any] = pickle.loads) -> Any:
+    """Unpickle a job's result (with ``loads``: ``_shm``'s for a result
+    whose buffers are in shared memory).
 
     Raises:
         SerializationError: unpickling raised anything at all.
     """
     try:
-        return pickle.loads(data)
+        return loads(data)
     except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
         raise SerializationError(
             f"the job's result could not be unpickled in the parent: {_describe(exc)}"

@@ -54,6 +54,8 @@ class Kind:
     CANCEL = 3
     PING = 4
     STOP = 5
+    JOB_SHM = 6
+    SHM = 7
     # child -> parent
     READY = 20
     INIT_FAILED = 21
@@ -61,15 +63,20 @@ class Kind:
     ERROR = 23
     PONG = 24
     LOG = 25
+    ALLOC = 26
+    RESULT_SHM = 27
 
 
 # i: int64, f: float64, s: UTF-8 string, b: bytes
 SCHEMAS: Final[dict[int, str]] = {
-    # initializer payload, max_jobs (0 = no limit), log level, max frame, then the
-    # start-up fields (procsup._startup): slot, ps title, top name, env updates,
-    # logger levels, capture flag
-    Kind.INIT: "biiiissbsi",
+    # initializer payload, max_jobs (0 = no limit), log level, max frame,
+    # shm_min_bytes (0 = never), then the start-up fields (procsup._startup):
+    # slot, ps title, top name, env updates, logger levels, capture flag
+    Kind.INIT: "biiiiissbsi",
     Kind.JOB: "ib",  # job id, payload (callable and arguments)
+    # job id, parent pid, segment fd and name, buffer sizes, payload (see _shm)
+    Kind.JOB_SHM: "iiisbb",
+    Kind.SHM: "iiis",  # job id, parent pid, segment fd and name: the answer to ALLOC
     Kind.CANCEL: "i",  # job id
     Kind.PING: "f",  # the parent's clock, echoed back
     Kind.STOP: "",
@@ -80,13 +87,15 @@ SCHEMAS: Final[dict[int, str]] = {
     Kind.PONG: "f",
     # name, level, message, created, path, line, func, exc text, extra (procsup._logextra)
     Kind.LOG: "sisfsisss",
+    Kind.ALLOC: "ii",  # job id, bytes: a segment for the job's result, please
+    Kind.RESULT_SHM: "ibb",  # job id, result payload, buffer sizes (in the ALLOC segment)
 }
 
-# The parent writes INIT, JOB and STOP on the jobs socket, which the worker's
+# The parent writes INIT, JOB (JOB_SHM, SHM) and STOP on the jobs socket, which the worker's
 # main thread reads itself, and PING and CANCEL on the control socket, which a
 # thread reads even while a job holds the main thread. The worker writes
 # everything on the jobs socket.
-TO_MAIN: Final = frozenset({Kind.INIT, Kind.JOB, Kind.STOP})
+TO_MAIN: Final = frozenset({Kind.INIT, Kind.JOB, Kind.JOB_SHM, Kind.SHM, Kind.STOP})
 TO_CONTROL: Final = frozenset({Kind.PING, Kind.CANCEL})
 FROM_PARENT: Final = TO_MAIN | TO_CONTROL
 FROM_CHILD: Final = frozenset(SCHEMAS) - FROM_PARENT

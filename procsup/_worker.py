@@ -22,7 +22,7 @@ import outcome
 import trio
 from tricycle import open_service_nursery
 
-from . import _wire
+from . import _shm, _wire
 from ._channel import ParentChannel, send_some
 from ._child import importing_parent_main
 from ._errors import (
@@ -57,7 +57,7 @@ _DRAIN_GRACE = 1.0
 _REAP_DEADLINE = 10.0
 _MEMORY_WARN_EVERY = 30.0
 _job_ids = itertools.count(1)
-_JOB_ANSWERS = frozenset({Kind.RESULT, Kind.ERROR})
+_JOB_ANSWERS = frozenset({Kind.RESULT, Kind.RESULT_SHM, Kind.ERROR})
 
 
 class Worker:
@@ -81,6 +81,7 @@ class Worker:
         """The worker's slot in its pool (see :func:`procsup.worker_slot`)."""
         self._process = process
         self._channel = ParentChannel(sock, control, options.max_message_bytes)
+        self._shm = _shm.Transfers(options.shm_min_bytes, options.max_message_bytes)
         self._phase = "init"
         self._jobs_done = 0
         self._retiring = False
@@ -162,13 +163,15 @@ class Worker:
         """
         if not self.accepting_jobs:
             self._refuse_job()
-        payload = dump_job(fn, args, self._options.max_message_bytes)
         job = _PendingJob(next(_job_ids))
+        frame = self._shm.job_frame(job.id, fn, args) or _wire.encode(
+            Kind.JOB, job.id, dump_job(fn, args, self._options.max_message_bytes)
+        )
         self._job = job
         self._phase = "job"
         try:
             try:
-                self._channel.send_nowait(_wire.encode(Kind.JOB, job.id, payload))
+                self._channel.send_nowait(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._kill_and_reap()
                 job.fail(
@@ -186,6 +189,7 @@ class Worker:
                     await self._abandon_job()
             raise
         finally:
+            self._shm.release()
             self._job = None
             self._jobs_done += 1
             self._end_job()
@@ -299,6 +303,8 @@ class Worker:
             self._settle_job(job, kind, fields)
         elif kind == Kind.LOG:
             self._log_record(*fields)
+        elif kind == Kind.ALLOC:
+            self._alloc_result(*fields)
         elif kind == Kind.PONG:
             if fields[0] != self._ping_stamp:
                 raise _wire.FrameError("PONG does not echo the outstanding ping")
@@ -487,10 +493,29 @@ class Worker:
         err.__cause__ = RemoteTraceback(tb)
         return err
 
+    def _alloc_result(self, job_id: int, size: int) -> None:
+        """The worker asks for shared memory for its job's result (see _shm)."""
+        job = self._job
+        if job is None or job.settled or job_id != job.id:
+            raise _wire.FrameError("ALLOC for a job that is not running")
+        try:
+            frame = self._shm.alloc(job_id, size)
+        except ValueError as exc:
+            raise _wire.FrameError(str(exc)) from None
+        except OSError as exc:  # no memory, no descriptors: the worker waits for nothing
+            job.fail(SerializationError(f"no shared memory for the job's result: {exc}"))
+            self._retiring = True
+            self.kill()
+            return
+        self._send_quietly(frame)
+
     def _settle_job(self, job: _PendingJob, kind: int, fields: tuple[Any, ...]) -> None:
-        if kind == Kind.RESULT:
+        if kind != Kind.ERROR:
             try:
-                value = load_result(fields[1])
+                if kind == Kind.RESULT:
+                    value = load_result(fields[1])
+                else:
+                    value = load_result(fields[1], self._shm.result_loader(fields[2]))
             except SerializationError as exc:
                 job.fail(exc)
             else:
@@ -578,6 +603,7 @@ def _init_frame(options: WorkerOptions, slot: int, spawner: Spawner) -> bytes:
         options.max_jobs or 0,
         logging.getLogger().getEffectiveLevel(),
         options.max_message_bytes,
+        options.shm_min_bytes or 0,
         *startup_fields(
             name=options.name,
             slot=slot,
