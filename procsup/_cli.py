@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="no progress display, only the final summary"
     )
     run.set_defaults(handler=_cmd_run)
+    from ._cli_redis import add_commands  # serve, submit, queue
+
+    add_commands(commands, run)
     return parser
 
 

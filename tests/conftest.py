@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,15 @@ def no_leaks() -> Iterator[None]:
         problems.append(f"file descriptors left open: {new_fds}")
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """A real redis-server on a unix socket in ``tmp_path`` (tests/redis_helpers.py)."""
+    from redis_helpers import redis_server_for
+
+    server = redis_server_for(tmp_path)
+    try:
+        yield server
+    finally:
+        server.kill()

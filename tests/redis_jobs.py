@@ -1,0 +1,55 @@
+"""Jobs for the queue tests: workers import this module by name. Each job
+appends one line to the execution log ``$PROCSUP_TEST_LOG`` (O_APPEND), so
+a test counts executions exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+
+def _log(arg: Any) -> None:
+    path = os.environ.get("PROCSUP_TEST_LOG")
+    if path:
+        line = json.dumps({"arg": arg, "pid": os.getpid(), "ppid": os.getppid()}) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+
+def executions(path: str) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def work(arg: Any) -> Any:
+    """{"sleep": s, "crash": True, "raise": "msg", "kill_host": True, "value": v}."""
+    _log(arg)
+    if not isinstance(arg, dict):
+        return arg
+    if arg.get("sleep"):
+        time.sleep(arg["sleep"])
+    if arg.get("crash"):
+        os._exit(3)
+    if arg.get("kill_host"):
+        os.kill(os.getppid() if not arg.get("pgid") else 0, signal.SIGKILL)
+    if arg.get("raise"):
+        raise ValueError(arg["raise"])
+    return arg.get("value", arg)
+
+
+def square(x: int) -> int:
+    _log(x)
+    return x * x
+
+
+def fail_init() -> None:
+    raise RuntimeError("this initializer always fails")
