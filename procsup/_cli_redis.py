@@ -239,6 +239,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 async def _submit(redis: Any, args: argparse.Namespace) -> int:
     from ._cli import _read_lines
+    from .redis._errors import error_fields as fields
 
     failures = 0
     out = sys.stdout
@@ -252,34 +253,21 @@ async def _submit(redis: Any, args: argparse.Namespace) -> int:
                 job = await queue.submit(json.loads(raw), ttl=args.ttl)
             except (ValueError, redis.QueueFullError) as exc:
                 phase = "input" if isinstance(exc, ValueError) else "queue"
-                error = {
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "phase": phase,
-                    "exit_code": None,
-                    "signal": None,
-                }
-                submitted.append((index, None, error))
+                submitted.append((index, None, fields(type(exc).__name__, str(exc), phase)))
             else:
                 submitted.append((index, job, None))
             index += 1
             if not args.wait:
                 failures += _write(out, *submitted.pop())
         for i, job, early_error in submitted:  # --wait: in input order
-            error = early_error
+            error: dict[str, Any] | None = early_error
             if job is not None:
                 try:
                     value = await queue.result(job, timeout=args.timeout)
                 except redis.RemoteJobError as exc:
                     error = _error_fields(exc)
                 except trio.TooSlowError as exc:
-                    error = {
-                        "type": "TimeoutError",
-                        "message": str(exc),
-                        "phase": "queue",
-                        "exit_code": None,
-                        "signal": None,
-                    }
+                    error = fields("TimeoutError", str(exc), "queue")
                 else:
                     failures += _write(out, i, job, None, value)
                     continue

@@ -28,15 +28,24 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 shutil.which("redis-server") or "redis-server",
-                "--port", "0",
-                "--unixsocket", str(self.sock),
-                "--unixsocketperm", "700",
-                "--dir", str(self.dir),
-                "--save", "",
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--maxmemory-policy", "noeviction",
-                "--logfile", str(self.dir / "redis.log"),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.sock),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--maxmemory-policy",
+                "noeviction",
+                "--logfile",
+                str(self.dir / "redis.log"),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -72,7 +81,10 @@ class RedisServer:
         """``redis-cli`` against this server; its output."""
         out = subprocess.run(
             ["redis-cli", "-s", str(self.sock), *args],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
         return out.stdout.strip()
 
@@ -91,5 +103,15 @@ def redis_server_for(tmp_path: Path) -> RedisServer:
 
 def serve_command(url: str, queue: str, func: str, *extra: str) -> list[str]:
     """The command line of one `procsup serve` host."""
-    return [sys.executable, "-m", "procsup", "serve", func, "--redis", url, "--queue", queue,
-            *extra]
+    return [
+        sys.executable,
+        "-m",
+        "procsup",
+        "serve",
+        func,
+        "--redis",
+        url,
+        "--queue",
+        queue,
+        *extra,
+    ]

@@ -26,7 +26,9 @@ def exec_log(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @asynccontextmanager
-async def host(url: str, fn: Any = redis_jobs.work, workers: int = 2, **options: Any) -> AsyncIterator[Any]:
+async def host(
+    url: str, fn: Any = redis_jobs.work, workers: int = 2, **options: Any
+) -> AsyncIterator[Any]:
     async with procsup.open_pool(idle=workers, max_workers=workers) as pool:
         options.setdefault("lease", 2.0)
         async with open_server(pool, fn, url=url, queue="q", **options) as server:

@@ -115,9 +115,8 @@ class Engine:
             await self.client.function_load(_LUA, replace=True)
             try:
                 await self.client.xgroup_create(self.stream, self.group, "0", mkstream=True)
-            except coredis.exceptions.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc) and "already exists" not in str(exc):
-                    raise
+            except coredis.exceptions.StreamDuplicateConsumerGroupError:
+                pass  # another host made it
             config = await self.client.config_get(["maxmemory-policy", "appendonly"])
         warnings = []
         if config.get("maxmemory-policy", "noeviction") != "noeviction":

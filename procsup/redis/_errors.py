@@ -6,7 +6,7 @@ from typing import Any
 
 from .._errors import ProcsupError
 
-__all__ = ["QueueFullError", "RemoteJobError"]
+__all__ = ["QueueFullError", "RemoteJobError", "error_fields"]
 
 
 class QueueFullError(ProcsupError):
@@ -59,3 +59,9 @@ class RemoteJobError(ProcsupError):
             f"job {self.job_id} failed on {self.host or 'a host'} "
             f"(delivery {self.deliveries}): {self.type}: {self.message}"
         )
+
+
+def error_fields(type_: str, message: str, phase: str | None) -> dict[str, Any]:
+    """The ``error`` object of a result record (the ``procsup run`` format),
+    for an error that no worker raised."""
+    return {"type": type_, "message": message, "phase": phase, "exit_code": None, "signal": None}

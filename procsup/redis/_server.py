@@ -27,6 +27,7 @@ from .._errors import (
     WorkerError,
 )
 from ._engine import ConnectionLost, Engine, Entry, open_engine
+from ._errors import error_fields
 
 __all__ = ["ServeStatistics", "Server", "metric_samples", "open_server"]
 
@@ -307,7 +308,7 @@ class Server:
         else:
             reason = "the entry has no body field"
         if arg is _MISSING:
-            error = _error("DecodeError", reason, "input")
+            error = error_fields("DecodeError", reason, "input")
             return _Outcome(
                 "dead",
                 self._record(entry, error=error),
@@ -316,12 +317,14 @@ class Server:
             )
         if entry.expires_ms is not None and self._server_ms() > entry.expires_ms:
             self._counts["expired"] += 1
-            error = _error("ExpiredError", "the job passed its ttl before it could run", "queue")
+            error = error_fields(
+                "ExpiredError", "the job passed its ttl before it could run", "queue"
+            )
             return self._final(entry, error=error)
         try:
             value = await _run_in_pool(self._pool, self._fn, arg, self._timeout, job)
         except trio.TooSlowError:
-            error = _error(
+            error = error_fields(
                 "TimeoutError",
                 f"the job did not finish within timeout {self._timeout:g}s; its worker was stopped",
                 "job",
@@ -339,7 +342,7 @@ class Server:
         try:
             return self._final(entry, result=value)
         except (TypeError, ValueError) as exc:
-            error = _error(
+            error = error_fields(
                 type(exc).__name__, f"the result cannot be written as JSON: {exc}", "output"
             )
             return self._final(entry, error=error)
@@ -477,14 +480,10 @@ class Server:
 _MISSING = object()
 
 
-def _error(type_: str, message: str, phase: str | None) -> dict[str, Any]:
-    return {"type": type_, "message": message, "phase": phase, "exit_code": None, "signal": None}
-
-
 def _fields(exc: BaseException) -> dict[str, Any]:
-    from .._cli import error_fields
+    from .._cli import error_fields as fields_of_exception
 
-    return error_fields(exc)
+    return fields_of_exception(exc)
 
 
 def _pool_limits(pool: Any) -> tuple[int, bool, float]:

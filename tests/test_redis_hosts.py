@@ -1,0 +1,345 @@
+"""`procsup serve` hosts as real processes against a real redis-server:
+backpressure, a host killed mid-job, lease renewal, poison, drain, a Redis
+restart. Each job appends to an execution log, so executions are counted
+exactly; every test ends with no process of any host left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis_jobs
+import trio
+
+from procsup.redis import RemoteJobError, open_queue
+
+HERE = Path(__file__).parent
+LEASE = 1.5  # seconds: short, so that the failure tests stay quick
+
+
+class Hosts:
+    """`procsup serve` processes, each in its own session; all killed and
+    reaped (with every process below them) at the end."""
+
+    def __init__(self, url: str, tmp: Path, log: str) -> None:
+        self.url = url
+        self.tmp = tmp
+        self.log = log
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def start(
+        self, *extra: str, func: str = "redis_jobs:work", wait: bool = True, lease: float = LEASE
+    ) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PYTHONPATH=str(HERE), PROCSUP_TEST_LOG=self.log)
+        n = len(self.procs)
+        err = open(self.tmp / f"host{n}.err", "wb")  # noqa: SIM115, ASYNC230
+        cmd = [
+            sys.executable,
+            "-m",
+            "procsup",
+            "serve",
+            func,
+            "--redis",
+            self.url,
+            "--queue",
+            "q",
+            "--lease",
+            str(lease),
+            "--concurrency",
+            "2",
+            *extra,
+        ]
+        with err:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        if wait:
+            with trio.fail_after(30):
+                while "consuming queue" not in self.stderr(n):
+                    assert proc.poll() is None, self.stderr(n)
+                    await trio.sleep(0.05)
+        return proc
+
+    def stderr(self, n: int) -> str:
+        return (self.tmp / f"host{n}.err").read_text(errors="replace")
+
+    def tree(self, proc: subprocess.Popen[bytes]) -> list[int]:
+        try:
+            return [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> list[int]:
+        """SIGKILL the host process alone (its workers must go by themselves)."""
+        pids = self.tree(proc)
+        proc.kill()
+        proc.wait(10)
+        return pids
+
+    def close(self) -> None:
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            proc.wait(10)
+
+
+@pytest.fixture
+def exec_log(tmp_path: Path) -> str:
+    return str(tmp_path / "executions.log")
+
+
+@asynccontextmanager
+async def hosts_for(redis_server: Any, tmp_path: Path, exec_log: str) -> AsyncIterator[Hosts]:
+    hosts = Hosts(redis_server.url, tmp_path, exec_log)
+    try:
+        yield hosts
+    finally:
+        hosts.close()
+
+
+async def gone(pids: list[int], within: float = 10.0) -> bool:
+    with trio.move_on_after(within):
+        while any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+            for p in pids
+            if _exists(p)
+        ):
+            await trio.sleep(0.05)
+        return True
+    return False
+
+
+def _exists(pid: int) -> bool:
+    try:
+        psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return False
+    return True
+
+
+def pending_by_consumer(redis_server: Any) -> dict[str, int]:
+    out = redis_server.cli("--json", "XPENDING", "procsup:{q}:s", "procsup")
+    summary = json.loads(out)
+    return {name: int(count) for name, count in (summary[3] or [])}
+
+
+async def result_record(q: Any, job: str, timeout: float) -> dict[str, Any]:
+    try:
+        return {"result": await q.result(job, timeout=timeout)}
+    except RemoteJobError as exc:
+        return {"error": exc}
+
+
+async def test_serve_and_submit_round_trip(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with hosts_for(redis_server, tmp_path, exec_log) as hosts:
+        await hosts.start(func="redis_jobs:square")
+        inputs = "".join(f"{i}\n" for i in range(5)) + "\n"
+        out = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "procsup",
+                "submit",
+                "--redis",
+                redis_server.url,
+                "--queue",
+                "q",
+                "--wait",
+                "--timeout",
+                "30",
+            ],
+            stdin=inputs.encode(),
+            capture_stdout=True,
+        )
+        records = [json.loads(line) for line in out.stdout.decode().splitlines()]
+        assert [(r["index"], r["result"]) for r in records] == [(i, i * i) for i in range(5)]
+        status = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "procsup",
+                "queue",
+                "--redis",
+                redis_server.url,
+                "--queue",
+                "q",
+                "status",
+                "--json",
+            ],
+            capture_stdout=True,
+        )
+        report = json.loads(status.stdout)
+        assert (report["backlog"], report["pending"], report["dead"]) == (0, 0, 0)
+        assert len(report["hosts"]) == 1
+
+
+async def test_host_holds_no_more_than_its_workers(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        jobs = [await q.submit({"sleep": 0.3, "value": i}) for i in range(10)]
+        await hosts.start("--idle", "2")
+        most = 0
+        with trio.fail_after(60):
+            while (await q.statistics()).length:
+                most = max(most, *pending_by_consumer(redis_server).values(), 0)
+                await trio.sleep(0.02)
+        assert [await q.result(j, timeout=10) for j in jobs] == list(range(10))
+    assert 1 <= most <= 2
+
+
+async def test_host_killed_mid_job_is_redelivered(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        a = await hosts.start()
+        job = await q.submit({"sleep": 2.0, "value": "done"})
+        with trio.fail_after(20):
+            while not redis_jobs.executions(exec_log):
+                await trio.sleep(0.02)
+        await hosts.start()  # B, after A has the job
+        await trio.sleep(0.5)
+        killed_at = trio.current_time()
+        dead = hosts.kill(a)
+        record = await result_record(q, job, timeout=LEASE * 1.5 + 10)
+        took = trio.current_time() - killed_at
+        assert record == {"result": "done"}
+        assert took < LEASE * 1.5 + 2.0 + 3.0  # lease x 1.5, the job's 2 s, slack
+        assert await gone(dead)
+        assert len(redis_jobs.executions(exec_log)) == 2
+        stats = await q.statistics()
+        assert (stats.length, stats.pending, stats.dead) == (0, 0, 0)
+
+
+async def test_long_job_renews_its_lease(redis_server: Any, tmp_path: Path, exec_log: str) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        await hosts.start()
+        await hosts.start()
+        job = await q.submit({"sleep": LEASE * 3, "value": "long"})
+        assert await q.result(job, timeout=30) == "long"
+    assert len(redis_jobs.executions(exec_log)) == 1
+
+
+async def test_poison_is_dead_lettered_and_requeued(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        await hosts.start("--max-deliveries", "3")
+        poison = await q.submit({"crash": True})
+        fine = await q.submit({"value": "fine"})
+        record = await result_record(q, poison, timeout=30)
+        assert await q.result(fine, timeout=30) == "fine"
+        err = record["error"]
+        assert (err.type, err.deliveries, err.exit_code) == ("WorkerCrashedError", 3, 3)
+        assert len(redis_jobs.executions(exec_log)) == 4
+        assert (await q.statistics()).dead == 1
+        cli = [
+            sys.executable,
+            "-m",
+            "procsup",
+            "queue",
+            "--redis",
+            redis_server.url,
+            "--queue",
+            "q",
+            "dead",
+        ]
+        listed = await trio.run_process([*cli, "list"], capture_stdout=True)
+        letter = json.loads(listed.stdout.decode().splitlines()[0])
+        assert (letter["id"], letter["reason"], letter["deliveries"]) == (
+            poison,
+            "worker_crashed",
+            "3",
+        )
+        await trio.run_process([*cli, "requeue", poison], capture_stdout=True)
+        record = await result_record(q, poison, timeout=30)
+        assert record["error"].deliveries == 3  # a fresh count: three more runs
+        assert len(redis_jobs.executions(exec_log)) == 7
+
+
+async def test_sigterm_drains_and_hands_back(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        a = await hosts.start("--drain-timeout", "0.5", lease=30)
+        quick = await q.submit({"sleep": 0.2, "value": "quick"})
+        slow = await q.submit({"sleep": 5, "value": "slow"})
+        with trio.fail_after(20):
+            while len(redis_jobs.executions(exec_log)) < 2:
+                await trio.sleep(0.02)
+        pids = hosts.tree(a)
+        a.send_signal(signal.SIGTERM)
+        code = await trio.to_thread.run_sync(a.wait, 20)
+        assert code == 143, hosts.stderr(0)
+        assert await gone(pids)
+        assert await q.result(quick, timeout=1) == "quick"
+        stats = await q.statistics()
+        assert (stats.length, stats.pending) == (1, 0)  # the slow job, back in the queue
+        started = trio.current_time()
+        await hosts.start(lease=30)
+        assert await q.result(slow, timeout=20) == "slow"
+        assert trio.current_time() - started < 15  # well before its 30 s lease
+        slow_runs = [e for e in redis_jobs.executions(exec_log) if e["arg"]["value"] == "slow"]
+        assert len(slow_runs) == 2
+
+
+async def test_redis_restart_loses_nothing_and_runs_nothing_twice(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        procs = [await hosts.start("--concurrency", "10", "--idle", "10") for _ in range(2)]
+        jobs = [await q.submit({"sleep": LEASE * 2 + 2, "value": i}) for i in range(20)]
+        with trio.fail_after(30):
+            while len(redis_jobs.executions(exec_log)) < 20:
+                await trio.sleep(0.02)
+        cpu_before = [sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs]
+        redis_server.kill()
+        await trio.sleep(LEASE * 2)
+        redis_server.start()
+        results = [await q.result(j, timeout=30) for j in jobs]
+        assert results == list(range(20))
+        assert all(p.poll() is None for p in procs)  # no host crashed
+        cpu = [sum(psutil.Process(p.pid).cpu_times()[:2]) - b for p, b in zip(procs, cpu_before)]
+        assert max(cpu) < 2.0  # no host spun while the server was away
+        assert len(redis_jobs.executions(exec_log)) == 20  # nothing ran twice
+        await trio.sleep(LEASE)  # a reclaim pass after the grace finds nothing to take
+        stats = await q.statistics()
+        assert (stats.length, stats.pending, stats.dead) == (0, 0, 0)
+        assert len(redis_jobs.executions(exec_log)) == 20
