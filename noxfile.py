@@ -54,3 +54,10 @@ def chaos(session: nox.Session) -> None:
     """The long chaos run (extra arguments go to pytest)."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/test_chaos.py", "-m", "slow", "--chaos-long", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The queue soak against a real redis-server (extra arguments go to pytest)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/test_redis_soak.py", "--soak", *session.posargs)

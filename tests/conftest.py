@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +23,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--chaos-long", action="store_true", help="run the long chaos schedule (nox -s chaos)"
     )
     parser.addoption("--chaos-seed", type=int, default=None, help="replay a chaos run's seed")
+    parser.addoption("--soak", action="store_true", help="run the queue soak (nox -s soak)")
     parser.addoption(
         "--chaos-seconds", type=float, default=None, help="duration of the long chaos run"
     )

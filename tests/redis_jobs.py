@@ -14,7 +14,8 @@ from typing import Any
 def _log(arg: Any) -> None:
     path = os.environ.get("PROCSUP_TEST_LOG")
     if path:
-        line = json.dumps({"arg": arg, "pid": os.getpid(), "ppid": os.getppid()}) + "\n"
+        host = os.environ.get("PROCSUP_TEST_HOST")
+        line = json.dumps({"arg": arg, "pid": os.getpid(), "host": host}) + "\n"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line.encode())
@@ -40,10 +41,20 @@ def work(arg: Any) -> Any:
     if arg.get("crash"):
         os._exit(3)
     if arg.get("kill_host"):
-        os.kill(os.getppid() if not arg.get("pgid") else 0, signal.SIGKILL)
+        os.kill(_serve_process(), signal.SIGKILL)
+        time.sleep(60)  # the worker goes when it sees its host gone
     if arg.get("raise"):
         raise ValueError(arg["raise"])
     return arg.get("value", arg)
+
+
+def _serve_process() -> int:
+    import psutil
+
+    for parent in psutil.Process().parents():
+        if "serve" in parent.cmdline():
+            return parent.pid
+    raise RuntimeError("not run by procsup serve")
 
 
 def square(x: int) -> int:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -39,8 +40,10 @@ class Hosts:
     async def start(
         self, *extra: str, func: str = "redis_jobs:work", wait: bool = True, lease: float = LEASE
     ) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, PYTHONPATH=str(HERE), PROCSUP_TEST_LOG=self.log)
         n = len(self.procs)
+        env = dict(
+            os.environ, PYTHONPATH=str(HERE), PROCSUP_TEST_LOG=self.log, PROCSUP_TEST_HOST=str(n)
+        )
         err = open(self.tmp / f"host{n}.err", "wb")  # noqa: SIM115, ASYNC230
         cmd = [
             sys.executable,
@@ -59,7 +62,7 @@ class Hosts:
             *extra,
         ]
         with err:
-            proc = subprocess.Popen(
+            proc = subprocess.Popen(  # noqa: ASYNC220 -- reaped in close(), sync on purpose
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -74,6 +77,9 @@ class Hosts:
                     assert proc.poll() is None, self.stderr(n)
                     await trio.sleep(0.05)
         return proc
+
+    def consumer(self, n: int) -> str:
+        return self.stderr(n).split(" as ", 1)[1].split(" ", 1)[0]
 
     def stderr(self, n: int) -> str:
         return (self.tmp / f"host{n}.err").read_text(errors="replace")
@@ -218,18 +224,19 @@ async def test_host_killed_mid_job_is_redelivered(
         open_queue(redis_server.url, "q") as q,
     ):
         a = await hosts.start()
-        job = await q.submit({"sleep": 2.0, "value": "done"})
+        job = await q.submit({"sleep": 3.0, "value": "done"})
         with trio.fail_after(20):
             while not redis_jobs.executions(exec_log):
                 await trio.sleep(0.02)
         await hosts.start()  # B, after A has the job
-        await trio.sleep(0.5)
+        assert pending_by_consumer(redis_server) == {hosts.consumer(0): 1}  # A runs it still
         killed_at = trio.current_time()
         dead = hosts.kill(a)
-        record = await result_record(q, job, timeout=LEASE * 1.5 + 10)
+        record = await result_record(q, job, timeout=LEASE * 1.5 + 15)
         took = trio.current_time() - killed_at
         assert record == {"result": "done"}
-        assert took < LEASE * 1.5 + 2.0 + 3.0  # lease x 1.5, the job's 2 s, slack
+        assert took < LEASE * 1.5 + 3.0 + 3.0  # lease x 1.5, the job's 3 s, slack
+        assert [e["host"] for e in redis_jobs.executions(exec_log)] == ["0", "1"]
         assert await gone(dead)
         assert len(redis_jobs.executions(exec_log)) == 2
         stats = await q.statistics()
@@ -336,10 +343,90 @@ async def test_redis_restart_loses_nothing_and_runs_nothing_twice(
         results = [await q.result(j, timeout=30) for j in jobs]
         assert results == list(range(20))
         assert all(p.poll() is None for p in procs)  # no host crashed
-        cpu = [sum(psutil.Process(p.pid).cpu_times()[:2]) - b for p, b in zip(procs, cpu_before)]
+        cpu = [
+            sum(psutil.Process(p.pid).cpu_times()[:2]) - b
+            for p, b in zip(procs, cpu_before, strict=True)
+        ]
         assert max(cpu) < 2.0  # no host spun while the server was away
         assert len(redis_jobs.executions(exec_log)) == 20  # nothing ran twice
         await trio.sleep(LEASE)  # a reclaim pass after the grace finds nothing to take
         stats = await q.statistics()
         assert (stats.length, stats.pending, stats.dead) == (0, 0, 0)
         assert len(redis_jobs.executions(exec_log)) == 20
+
+
+async def test_hosts_share_work_by_capacity(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        await hosts.start("--concurrency", "1")
+        await hosts.start("--concurrency", "3")
+        jobs = [await q.submit({"sleep": 0.2, "value": i}) for i in range(40)]
+        assert [await q.result(j, timeout=60) for j in jobs] == list(range(40))
+    by_host = Counter(e["host"] for e in redis_jobs.executions(exec_log))
+    assert sum(by_host.values()) == 40
+    assert 4 <= by_host["0"] <= 16, by_host  # about 1:3 (10 of 40)
+
+
+async def test_host_that_cannot_start_workers_takes_nothing(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        jobs = [await q.submit({"value": i}) for i in range(10)]
+        broken = await hosts.start("--init", "redis_jobs:fail_init", wait=False)
+        await hosts.start()
+        assert [await q.result(j, timeout=60) for j in jobs] == list(range(10))
+        assert await trio.to_thread.run_sync(broken.wait, 30) == 1
+        assert "no worker could start" in hosts.stderr(0)
+    assert {e["host"] for e in redis_jobs.executions(exec_log)} == {"1"}
+
+
+async def test_paused_host_loses_its_job_and_its_late_result_is_dropped(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        a = await hosts.start()
+        job = await q.submit({"sleep": LEASE * 2, "value": "once"})
+        with trio.fail_after(20):
+            while not redis_jobs.executions(exec_log):
+                await trio.sleep(0.02)
+        await hosts.start()
+        assert pending_by_consumer(redis_server) == {hosts.consumer(0): 1}  # A runs it still
+        os.kill(a.pid, signal.SIGSTOP)  # the host only: its worker finishes the job
+        try:
+            await trio.sleep(LEASE * 2.5)
+        finally:
+            os.kill(a.pid, signal.SIGCONT)
+        assert await q.result(job, timeout=20) == "once"
+        with trio.fail_after(10):  # A learns it on its next renewal or completion
+            while not ("lease lost" in hosts.stderr(0) or "outcome is dropped" in hosts.stderr(0)):
+                await trio.sleep(0.05)
+        assert [e["host"] for e in redis_jobs.executions(exec_log)] == ["0", "1"]
+        record = json.loads(redis_server.cli("GET", f"procsup:{{q}}:r:{job}"))
+        assert (record["host"], record["deliveries"]) == (hosts.consumer(1), 2)
+
+
+async def test_job_that_kills_its_host_kills_at_most_max_deliveries_hosts(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        procs = [await hosts.start("--max-deliveries", "2") for _ in range(3)]
+        job = await q.submit({"kill_host": True})
+        record = await result_record(q, job, timeout=LEASE * 4 + 20)
+        err = record["error"]
+        assert (err.type, err.deliveries) == ("LeaseExpiredError", 2)
+        assert len(redis_jobs.executions(exec_log)) == 2  # the third host did not run it
+        assert sorted(p.poll() is None for p in procs) == [False, False, True]
+        assert (await q.statistics()).dead == 1

@@ -53,7 +53,8 @@ async def test_error_is_final_and_typed(redis_server: Any, exec_log: str) -> Non
         assert server.statistics().failed == 1
     err = info.value
     assert (err.type, err.message, err.deliveries) == ("ValueError", "bad input", 1)
-    assert err.phase is None and err.host == server.consumer
+    assert err.phase is None
+    assert err.host == server.consumer
     assert len(redis_jobs.executions(exec_log)) == 1  # not retried
 
 
@@ -107,7 +108,8 @@ async def test_malformed_body_is_dead_lettered_without_running(
         assert server.statistics().dead_lettered == 2
     assert (stats.length, stats.dead) == (0, 2)
     dead = redis_server.cli("XRANGE", "procsup:{q}:dead", "-", "+")
-    assert "decode_error" in dead and "bad1" in dead
+    assert "decode_error" in dead
+    assert "bad1" in dead
     assert redis_jobs.executions(exec_log) == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,8 @@ from typing import Any
 
 import trio
 
-from ._engine import Engine, QueueStats, open_engine
+from .._backoff import backoff_delay
+from ._engine import ConnectionLost, Engine, QueueStats, open_engine
 from ._errors import QueueFullError, RemoteJobError
 
 __all__ = ["DEFAULT_MAX_BACKLOG", "Queue", "open_queue"]
@@ -62,11 +64,24 @@ class Queue:
             RemoteJobError: the job failed (its function raised, its worker
                 crashed past ``max_deliveries``, it timed out or expired).
             trio.TooSlowError: no result within ``timeout`` seconds.
+
+        While the server is unreachable it keeps trying (with backoff) until
+        ``timeout``; then the connection error is raised.
         """
         deadline = math.inf if timeout is None else trio.current_time() + timeout
+        failures = 0
         while True:
             step = min(_WAIT_STEP, deadline - trio.current_time())
-            payload = await self._engine.wait_result(job_id, max(step, 0.0))
+            try:
+                payload = await self._engine.wait_result(job_id, max(step, 0.0))
+            except ConnectionLost:  # waiting is safe to retry: the result stays
+                failures += 1
+                if trio.current_time() >= deadline:
+                    raise
+                delay = backoff_delay(failures, base=0.1, cap=_WAIT_STEP, jitter=random.random())
+                await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+                continue
+            failures = 0
             if payload is not None:
                 record = json.loads(payload)
                 if "error" in record:

@@ -227,7 +227,8 @@ class Server:
                 continue
             self._up()
             for entry in entries:
-                self._take(entry, "reclaimed")
+                if entry.entry not in self._held:  # ours already: its renewals failed
+                    self._take(entry, "reclaimed")
 
     async def _renewer(self) -> None:
         while True:
@@ -620,7 +621,10 @@ async def open_server(
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
-            # every job task has ended: what is still ours goes back, uncounted
+            # Every job task has ended: what is still ours goes back, uncounted.
+            # A fresh client: a cancelled host's connections were cancelled too.
             with trio.CancelScope(shield=True), trio.move_on_after(_HAND_BACK_TIMEOUT):
-                await server._hand_back_pending()
-                await server._forget()
+                async with open_engine(url, queue, group=group, consumer=engine.consumer) as last:
+                    server._engine = last
+                    await server._hand_back_pending()
+                    await server._forget()

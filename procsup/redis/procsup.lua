@@ -90,7 +90,7 @@ redis.register_function('procsup_renew', function(keys, args)
 end)
 
 -- reclaim: ARGV[4] lease ms, [5] max deliveries, [6] most entries, [7] result ttl s.
--- Takes entries idle past the lease from other consumers. Past max deliveries they
+-- Takes entries idle past the lease (their holder stopped renewing). Past max deliveries they
 -- go to the dead-letter stream, past expiry they finish as expired, never run.
 -- Returns {{entry, job id, body, deliveries, exp or ""}...}.
 redis.register_function('procsup_reclaim', function(keys, args)
@@ -99,8 +99,10 @@ redis.register_function('procsup_reclaim', function(keys, args)
   local idle = redis.call('XPENDING', keys[1], args[2], 'IDLE', lease, '-', '+', limit * 4 + 8)
   for _, p in ipairs(idle) do
     if #taken >= limit then break end
-    local entry, owner, delivered = p[1], p[2], tonumber(p[4])
-    if owner ~= args[3] then
+    -- this host's own entries too: one idle past the lease is one a lost read
+    -- delivered without the host knowing (the host skips any it does hold)
+    local entry, delivered = p[1], tonumber(p[4])
+    do
       local map = fields_of(keys[1], entry)
       if not map then
         redis.call('XACK', keys[1], args[2], entry)  -- its payload is gone
