@@ -33,6 +33,7 @@ _EXPORTS = {
     "UnsupportedPlatformError": "procsup._errors",
     "SerializationError": "procsup._errors",
     "PoolClosedError": "procsup._errors",
+    "DescriptorLimitError": "procsup._errors",
     "WorkerError": "procsup._errors",
     "WorkerStartError": "procsup._errors",
     "WorkerCrashedError": "procsup._errors",
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     from ._child import in_worker as in_worker
     from ._child import worker_slot as worker_slot
     from ._child import worker_state as worker_state
+    from ._errors import DescriptorLimitError as DescriptorLimitError
     from ._errors import MemoryLimitError as MemoryLimitError
     from ._errors import NoWorkerAvailableError as NoWorkerAvailableError
     from ._errors import PoolClosedError as PoolClosedError

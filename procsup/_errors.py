@@ -65,6 +65,22 @@ class SerializationError(ProcsupError):
     """
 
 
+class DescriptorLimitError(ProcsupError):
+    """A pool needs more file descriptors than this process may open, even
+    after raising its soft ``RLIMIT_NOFILE`` to the hard limit.
+
+    Attributes:
+        needed: descriptors the pool would need (an estimate).
+        soft, hard: the limits in force when it was refused.
+    """
+
+    def __init__(self, message: str, *, needed: int, soft: int, hard: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.soft = soft
+        self.hard = hard
+
+
 class PoolClosedError(ProcsupError):
     """The pool was used after (or while) its ``async with`` block exited."""
 

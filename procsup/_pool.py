@@ -42,6 +42,7 @@ from ._errors import (
     WorkerStartError,
 )
 from ._events import EVENT_LEVELS, PoolEvent
+from ._limits import ensure_descriptors
 from ._load import idle_target
 from ._options import WorkerOptions, _count, _number, default_start_method
 from ._spawn import Spawner
@@ -720,6 +721,7 @@ async def open_pool(
     )
     worker_options.setdefault("start_method", default_start_method(pool=True))
     wopts = WorkerOptions(initializer=initializer, init_timeout=init_timeout, **worker_options)
+    ensure_descriptors(max(idle, max_workers or 0), options.start_slots)
     async with open_spawner(wopts) as spawner:
         with collapse_single_group():
             async with open_service_nursery() as nursery:
