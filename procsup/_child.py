@@ -26,7 +26,17 @@ import sys
 from _collections import deque  # type: ignore[import-not-found,unused-ignore]
 from _queue import SimpleQueue
 
-from ._wire import HEADER, TO_CONTROL, TO_MAIN, Kind, decode_body, encode, parse_header
+from ._wire import (
+    HEADER,
+    MAX_BODY,
+    TO_CONTROL,
+    TO_MAIN,
+    Kind,
+    decode_body,
+    encode,
+    max_payload,
+    parse_header,
+)
 
 TYPE_CHECKING = False  # not typing's: importing typing costs the worker ~9 ms
 if TYPE_CHECKING:
@@ -107,7 +117,7 @@ class _Channel:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.max_frame = 1 << 31
+        self.max_frame = MAX_BODY  # until INIT says max_message_bytes
         self._lock = _thread.allocate_lock()  # held while one frame (or a queue's turn) is written
         self._logs: deque[bytes] = deque()
         self._urgent: deque[bytes] = deque()  # PONGs; appended without the lock
@@ -374,7 +384,7 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     except _Interrupted:
         raise
     except BaseException as exc:  # noqa: BLE001 -- SystemExit in an initializer is a failure too
-        channel.send(encode(Kind.INIT_FAILED, *_describe(exc)))
+        channel.send(encode(Kind.INIT_FAILED, *_describe(exc, room=max_frame)))
         return 1
     _state = state
     channel.send(encode(Kind.READY, os.getpid()))
@@ -399,7 +409,7 @@ def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
     except _Interrupted:
         raise
     except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
-        channel.send(encode(Kind.ERROR, job_id, *_describe(exc)))
+        channel.send(_error_frame(channel, job_id, exc))
         return
     try:
         _canceller = _interrupt_main
@@ -410,7 +420,7 @@ def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
     except (_Interrupted, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 -- the job's error goes to its caller
-        channel.send(encode(Kind.ERROR, job_id, *_describe(exc)))
+        channel.send(_error_frame(channel, job_id, exc))
         return
     channel.send(_result_frame(channel, job_id, result))
 
@@ -433,13 +443,23 @@ def _result_frame(channel: _Channel, job_id: int, result: object) -> bytes:
     except BaseException as exc:  # noqa: BLE001 -- the result's own code; SystemExit too
         problem = f"could not be pickled: {_safe_str(exc)}"
     else:
-        if len(data) <= channel.max_frame:
+        if len(data) <= max_payload(channel.max_frame):
             return encode(Kind.RESULT, job_id, data)
-        problem = f"pickles to {len(data)} bytes, over max_message_bytes={channel.max_frame}"
+        problem = (
+            f"pickles to {len(data)} bytes, over max_message_bytes={channel.max_frame} "
+            "(less the frame's own bytes)"
+        )
     from ._errors import SerializationError  # only now: it imports signal, and so enum
 
     err = SerializationError(f"the job's result of type {_type_name(result)} {problem}")
-    return encode(Kind.ERROR, job_id, *_describe(err, with_traceback=False))
+    return _error_frame(channel, job_id, err, with_traceback=False)
+
+
+def _error_frame(
+    channel: _Channel, job_id: int, exc: BaseException, *, with_traceback: bool = True
+) -> bytes:
+    room = channel.max_frame - 8  # the job id's field
+    return encode(Kind.ERROR, job_id, *_describe(exc, room=room, with_traceback=with_traceback))
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -526,8 +546,11 @@ def _type_name(obj: object) -> str:
     )
 
 
-def _describe(exc: BaseException, *, with_traceback: bool = True) -> tuple[str, str, str, bytes]:
-    """(type name, message, traceback text, pickled exception or b"").
+def _describe(
+    exc: BaseException, *, room: int, with_traceback: bool = True
+) -> tuple[str, str, str, bytes]:
+    """(type name, message, traceback text, pickled exception or b""), in
+    at most ``room`` bytes of encoded fields (see :func:`_fit_description`).
 
     Never raises but _Interrupted: the exception's own code (``__str__``,
     ``__reduce__``, its unpickling) may raise anything, SystemExit included.
@@ -546,7 +569,65 @@ def _describe(exc: BaseException, *, with_traceback: bool = True) -> tuple[str, 
             raise
         except BaseException:  # noqa: BLE001
             data = b""
-    return _type_name(exc), message, tb, data
+    return _fit_description(room, _type_name(exc), message, tb, data)
+
+
+_FIELD_LENGTH = 4  # before every str and bytes field
+_MIN_TRACEBACK = 4096  # less than this, and the exception goes without its pickle
+_MAX_NAME = 1024
+
+
+def _fit_description(
+    room: int, type_name: str, message: str, tb: str, data: bytes
+) -> tuple[str, str, str, bytes]:
+    """Cut an exception's description to ``room`` bytes of encoded fields:
+    first its traceback (it arrives as itself), else it goes without its
+    pickle (as RemoteError) and message and traceback share the room. The
+    type name always goes."""
+    name = _utf8(type_name)[:_MAX_NAME].decode("utf-8", "ignore")
+    text, trace = _utf8(message), _utf8(tb)
+    room -= 4 * _FIELD_LENGTH + len(_utf8(name))
+    if len(text) + len(trace) + len(data) <= room:
+        return name, message, tb, data
+    trace_room = room - len(text) - len(data)
+    if data and trace_room >= min(len(trace), _MIN_TRACEBACK):
+        return name, message, _cut(trace, trace_room), data
+    text_room, trace_room = _share(max(room, 0), len(text), len(trace))
+    return name, _cut(text, text_room), _cut(trace, trace_room), b""
+
+
+def _share(room: int, a: int, b: int) -> tuple[int, int]:
+    """Split ``room`` between two sizes: the smaller whole if it takes at
+    most half, else half each."""
+    if a + b <= room:
+        return a, b
+    half = room // 2
+    if a <= half:
+        return a, room - a
+    if b <= half:
+        return room - b, b
+    return room - half, half
+
+
+def _cut_note(count: int) -> bytes:
+    return f"\n[... {count} bytes cut to fit max_message_bytes ...]\n".encode()
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "replace")  # as _wire.encode does
+
+
+def _cut(data: bytes, limit: int) -> str:
+    """``data`` (UTF-8) in at most ``limit`` bytes: its head and tail, and
+    a note of what was cut between them."""
+    if len(data) <= limit:
+        return data.decode("utf-8", "ignore")
+    keep = limit - len(_cut_note(len(data)))  # no shorter than the note to come
+    note = _cut_note(len(data) - keep)
+    if keep <= 0:
+        return data[: max(limit, 0)].decode("utf-8", "ignore")
+    head, tail = data[: keep - keep // 4], data[len(data) - keep // 4 :] if keep // 4 else b""
+    return (head + note + tail).decode("utf-8", "ignore")
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -762,6 +843,21 @@ def _install_log_handler(logging: Any = None) -> None:
             logging.getLogger(name).setLevel(int(level))
 
 
+def _fit_log(room: int, fields: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A LOG frame's fields, message and exception text cut to fit ``room``
+    (and its extra fields left out, unless they are short)."""
+    name, level, message, created, path, line, func, exc_text, extra = fields
+    name, path, func = (_cut(_utf8(text), _MAX_NAME) for text in (name, path, func))
+    if len(_utf8(extra)) > _MAX_NAME:
+        extra = ""  # cut, it would not decode
+    fixed = (name, path, func, extra)
+    room -= 3 * 8 + 6 * _FIELD_LENGTH + sum(len(_utf8(t)) for t in fixed)
+    text, exc = _utf8(message), _utf8(exc_text)
+    text_room, exc_room = _share(max(room, 0), len(text), len(exc))
+    cut_text, cut_exc = _cut(text, text_room), _cut(exc, exc_room)
+    return name, level, cut_text, created, path, line, func, cut_exc, extra
+
+
 class _ShipHandler:
     """Marker base; the real class derives from logging.Handler lazily."""
 
@@ -783,19 +879,20 @@ def _make_ship_handler(logging: Any) -> Any:
             exc_text = record.exc_text or ""
             if record.exc_info and not exc_text:
                 exc_text = logging.Formatter().formatException(record.exc_info)
-            channel.post_log(
-                encode(
-                    Kind.LOG,
-                    record.name,
-                    record.levelno,
-                    message,
-                    record.created,
-                    record.pathname or "",
-                    record.lineno or 0,
-                    record.funcName or "",
-                    exc_text,
-                    encode_extra(record.__dict__, standard),
-                )
+            fields = (
+                record.name,
+                record.levelno,
+                message,
+                record.created,
+                record.pathname or "",
+                record.lineno or 0,
+                record.funcName or "",
+                exc_text,
+                encode_extra(record.__dict__, standard),
             )
+            frame = encode(Kind.LOG, *fields)
+            if len(frame) - HEADER.size > channel.max_frame:
+                frame = encode(Kind.LOG, *_fit_log(channel.max_frame, fields))
+            channel.post_log(frame)
 
     return ShipHandler()

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from ._startup import EnvOption, check_env, default_name
+from ._wire import MAX_BODY
 
 __all__ = ["START_METHODS", "WorkerOptions", "check_initializer"]
 
@@ -58,8 +59,11 @@ def _number(minimum: float, *, allow_none: bool = False, strict: bool = True) ->
     return check
 
 
-def _count(minimum: int, *, allow_none: bool = False) -> Any:
-    """attrs validator: an int >= minimum, or None."""
+def _count(
+    minimum: int, *, allow_none: bool = False, maximum: tuple[int, str] | None = None
+) -> Any:
+    """attrs validator: an int >= minimum (and <= maximum[0], for the
+    reason maximum[1]), or None."""
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if value is None and allow_none:
@@ -68,6 +72,10 @@ def _count(minimum: int, *, allow_none: bool = False) -> Any:
             raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
         if value < minimum:
             raise ValueError(f"{attribute.name} must be >= {minimum}, got {value!r}")
+        if maximum is not None and value > maximum[0]:
+            raise ValueError(
+                f"{attribute.name} must be <= {maximum[0]} ({maximum[1]}), got {value!r}"
+            )
 
     return check
 
@@ -136,7 +144,12 @@ class WorkerOptions:
     memory_limit_mb: float | None = attrs.field(default=None, validator=_number(0, allow_none=True))
     memory_interval: float = attrs.field(default=0.5, validator=_number(0))
     cancel_grace: float = attrs.field(default=1.0, validator=_number(0, strict=False))
-    max_message_bytes: int = attrs.field(default=256 * 1024 * 1024, validator=_count(1024))
+    max_message_bytes: int = attrs.field(
+        default=256 * 1024 * 1024,
+        validator=_count(
+            1024, maximum=(MAX_BODY, "the most a frame header's 4-byte length carries")
+        ),
+    )
     # Measured (docs/benchmarks.rst, "Large payloads"): below this a buffer
     # is cheaper through the socket than through shared memory.
     shm_min_bytes: int | None = attrs.field(

@@ -16,6 +16,7 @@ from typing import Any
 import trio
 
 from ._errors import RemoteError, RemoteTraceback, SerializationError
+from ._wire import max_payload
 
 __all__ = ["dump_job", "load_result", "rebuild_error"]
 
@@ -36,9 +37,10 @@ def dump_job(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> bytes
             f"job {getattr(fn, '__qualname__', fn)!r} or its arguments cannot be pickled: {exc}; "
             "jobs must be module-level functions with picklable arguments"
         ) from exc
-    if len(data) > limit:
+    if len(data) > max_payload(limit):
         raise SerializationError(
-            f"job arguments pickle to {len(data)} bytes, over max_message_bytes={limit}"
+            f"job arguments pickle to {len(data)} bytes, over max_message_bytes={limit} "
+            "(less the frame's own bytes)"
         )
     return data
 

@@ -21,17 +21,23 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_FRAME",
     "HEADER",
+    "MAX_BODY",
     "TO_CONTROL",
     "TO_MAIN",
     "FrameError",
     "Kind",
     "decode_body",
     "encode",
+    "max_payload",
     "parse_header",
 ]
 
 HEADER: Final = struct.Struct("!IB")
+# The limit, max_message_bytes, is on a frame's body: the length its header
+# carries, checked by parse_header on receipt and by every sender before it
+# sends. MAX_BODY is the most that 4-byte length can say.
 DEFAULT_MAX_FRAME: Final = 256 * 1024 * 1024
+MAX_BODY: Final = 2**32 - 1
 
 _INT = struct.Struct("!q")
 _FLOAT = struct.Struct("!d")
@@ -104,6 +110,11 @@ NAMES: Final = {v: k for k, v in vars(Kind).items() if isinstance(v, int)}
 
 # JOB and RESULT (id, payload) are every job's round trip: one pack each way.
 _ID_PAYLOAD = struct.Struct("!qI")
+
+
+def max_payload(max_frame: int) -> int:
+    """The largest payload of a JOB or RESULT frame whose body fits ``max_frame``."""
+    return max_frame - _ID_PAYLOAD.size
 
 
 def encode(kind: int, *fields: Field) -> bytes:

@@ -245,3 +245,22 @@ def chatty_cpu(seconds: float, per_second: int) -> int:
             count += 1
             due += gap
     return count
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+def make_bytes(n: int) -> bytes:
+    return b"x" * n
+
+
+def raise_big(n: int) -> None:
+    raise ValueError("x" * n)
+
+
+def log_big(n: int) -> int:
+    import logging
+
+    logging.getLogger("tests.big").warning("%s", "y" * n)
+    return n
