@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -99,19 +98,3 @@ def redis_server_for(tmp_path: Path) -> RedisServer:
     server = RedisServer(Path(tmp_path))
     server.start()
     return server
-
-
-def serve_command(url: str, queue: str, func: str, *extra: str) -> list[str]:
-    """The command line of one `procsup serve` host."""
-    return [
-        sys.executable,
-        "-m",
-        "procsup",
-        "serve",
-        func,
-        "--redis",
-        url,
-        "--queue",
-        queue,
-        *extra,
-    ]

@@ -31,11 +31,31 @@ def executions(path: str) -> list[dict[str, Any]]:
         return []
 
 
+class Transient(Exception):
+    """A failure worth retrying (the tests list it in ``retry_on``)."""
+
+
+def _first_time(path: str | None) -> bool:
+    """True the first time it is asked about ``path`` (a marker file)."""
+    if not path:
+        return False
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
 def work(arg: Any) -> Any:
-    """{"sleep": s, "crash": True, "raise": "msg", "kill_host": True, "value": v}."""
+    """{"sleep": s, "crash": True, "raise": "msg", "kill_host": True, "value": v,
+    "crash_once": marker path, "transient_once": marker path}."""
     _log(arg)
     if not isinstance(arg, dict):
         return arg
+    if _first_time(arg.get("crash_once")):
+        os._exit(3)
+    if _first_time(arg.get("transient_once")):
+        raise Transient("try again")
     if arg.get("sleep"):
         time.sleep(arg["sleep"])
     if arg.get("crash"):

@@ -322,6 +322,8 @@ async def test_sigterm_drains_and_hands_back(
         assert trio.current_time() - started < 15  # well before its 30 s lease
         slow_runs = [e for e in redis_jobs.executions(exec_log) if e["arg"]["value"] == "slow"]
         assert len(slow_runs) == 2
+        record = json.loads(redis_server.cli("GET", f"procsup:{{q}}:r:{slow}"))
+        assert record["deliveries"] == 1  # handed back uncounted
 
 
 async def test_redis_restart_loses_nothing_and_runs_nothing_twice(

@@ -128,3 +128,73 @@ def test_import_procsup_does_not_import_redis() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert json.loads("1") == 1
+
+
+async def test_worker_crash_is_redelivered(redis_server: Any, exec_log: str, tmp_path: Any) -> None:
+    marker = str(tmp_path / "crashed")
+    async with open_queue(redis_server.url, "q") as q, host(redis_server.url) as server:
+        job = await q.submit({"crash_once": marker, "value": "survived"})
+        assert await q.result(job, timeout=30) == "survived"
+        assert server.statistics().released == 1
+        record = json.loads(redis_server.cli("GET", f"procsup:{{q}}:r:{job}"))
+    assert record["deliveries"] == 2
+    assert len(redis_jobs.executions(exec_log)) == 2
+
+
+async def test_retry_on_runs_again_and_other_errors_do_not(
+    redis_server: Any, exec_log: str, tmp_path: Any
+) -> None:
+    marker = str(tmp_path / "raised")
+    async with (
+        open_queue(redis_server.url, "q") as q,
+        host(redis_server.url, retry_on=(redis_jobs.Transient,)),
+    ):
+        job = await q.submit({"transient_once": marker, "value": "second time"})
+        assert await q.result(job, timeout=30) == "second time"
+        with pytest.raises(RemoteJobError, match="ValueError: final"):
+            await q.call({"raise": "final"}, timeout=30)
+    assert len(redis_jobs.executions(exec_log)) == 3
+
+
+async def test_timeout_is_final_and_stops_the_worker(redis_server: Any, exec_log: str) -> None:
+    async with open_queue(redis_server.url, "q") as q, host(redis_server.url, timeout=0.5):
+        with pytest.raises(RemoteJobError) as info:
+            await q.call({"sleep": 30}, timeout=30)
+        assert await q.call({"value": "next"}, timeout=30) == "next"  # the host goes on
+    assert (info.value.type, info.value.phase, info.value.deliveries) == ("TimeoutError", "job", 1)
+    assert len(redis_jobs.executions(exec_log)) == 2
+
+
+async def test_cancelled_blocking_read_loses_no_entry(redis_server: Any) -> None:
+    async with open_queue(redis_server.url, "q") as q:
+        with trio.move_on_after(1.0):  # cancels the first host in its blocked read
+            async with host(redis_server.url, redis_jobs.square):
+                await trio.sleep_forever()
+        job = await q.submit(6)
+        async with host(redis_server.url, redis_jobs.square) as second:
+            assert await q.result(job, timeout=30) == 36
+            assert second.statistics().received == 1
+        stats = await q.statistics()
+    assert (stats.length, stats.pending) == (0, 0)
+
+
+async def test_gone_consumers_are_forgotten_only_when_nothing_is_pending(
+    redis_server: Any,
+) -> None:
+    from procsup.redis._engine import open_engine
+
+    stream = "procsup:{q}:s"
+    async with open_queue(redis_server.url, "q") as q:
+        await q.submit(1)
+        await q.submit(2)
+        redis_server.cli("XGROUP", "CREATE", stream, "procsup", "0")
+        redis_server.cli(
+            "XREADGROUP", "GROUP", "procsup", "holds-one", "COUNT", "1", "STREAMS", stream, ">"
+        )
+        redis_server.cli("XGROUP", "CREATECONSUMER", stream, "procsup", "holds-none")
+        await trio.sleep(0.1)
+        async with open_engine(redis_server.url, "q", consumer="gc") as engine:
+            assert await engine.collect_garbage(0.05) == 1
+        names = redis_server.cli("--json", "XINFO", "CONSUMERS", stream, "procsup")
+        assert "holds-one" in names
+        assert "holds-none" not in names

@@ -181,6 +181,11 @@ class Engine:
             for entry, job, body, deliveries, exp in reply
         ]
 
+    async def collect_garbage(self, idle: float) -> int:
+        """Forget consumers with nothing pending, and host statuses, idle for
+        ``idle`` s; how many consumers went."""
+        return int(await self._call("procsup_gc", [_ms(idle)]))
+
     async def renew(self, entries: Sequence[str], status: dict[str, Any]) -> tuple[int, list[str]]:
         """Re-stamp the entries still held; publish ``status``. Returns the
         server time (ms) and the entries lost to another host."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -36,6 +37,8 @@ log = logging.getLogger("procsup.redis")
 _BLOCK = 2.0  # seconds one blocking read waits for new entries
 _HAND_BACK_TIMEOUT = 5.0  # seconds, at a hard stop, to hand back what is held
 _RECONNECT_BASE, _RECONNECT_CAP = 0.1, 30.0  # seconds: the reconnect backoff
+_GC_EVERY = 300.0  # seconds between passes that forget long-gone consumers
+_GC_IDLE = 3600.0  # seconds a consumer with nothing pending must be idle to be forgotten
 
 
 @attrs.frozen
@@ -215,8 +218,13 @@ class Server:
                 self._take(entry, "received")
 
     async def _reclaimer(self) -> None:
+        next_gc = trio.current_time() + _GC_EVERY
         while True:
             await trio.sleep(self._lease / 2)
+            if trio.current_time() >= next_gc:
+                next_gc = trio.current_time() + _GC_EVERY
+                with contextlib.suppress(*ConnectionLost):
+                    await self._engine.collect_garbage(max(_GC_IDLE, 10 * self._lease))
             n = self._room()
             if n == 0 or trio.current_time() < self._reclaim_after:
                 continue

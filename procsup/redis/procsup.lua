@@ -188,3 +188,28 @@ redis.register_function('procsup_requeue_dead', function(keys, args)
   redis.call('XDEL', keys[2], args[4])
   return map['id']
 end)
+
+-- gc: ARGV[4] idle ms. Forgets consumers with nothing pending that have not
+-- touched the group for that long (deleting one with pending entries would
+-- drop them: never done), and host statuses not renewed for that long.
+-- Returns how many consumers it deleted.
+redis.register_function('procsup_gc', function(keys, args)
+  local idle, deleted = tonumber(args[4]), 0
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', keys[1], args[2])
+  if not ok then return 0 end
+  for _, c in ipairs(consumers) do
+    local info = {}
+    for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+    if info['name'] ~= args[3] and tonumber(info['pending']) == 0
+        and tonumber(info['idle']) > idle then
+      redis.call('XGROUP', 'DELCONSUMER', keys[1], args[2], info['name'])
+      deleted = deleted + 1
+    end
+  end
+  local now, hosts = now_ms(), redis.call('HGETALL', keys[3])
+  for i = 1, #hosts, 2 do
+    local seen = cjson.decode(hosts[i + 1])['seen'] or 0
+    if now - seen > idle then redis.call('HDEL', keys[3], hosts[i]) end
+  end
+  return deleted
+end)
