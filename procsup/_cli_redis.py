@@ -197,6 +197,9 @@ async def _serve(redis: Any, cfg: Any, args: argparse.Namespace, outcome: dict[s
             max_workers=cfg.concurrency,
             max_jobs=cfg.max_jobs,
             memory_limit_mb=cfg.memory_limit_mb,
+            # a host reads while its load is below the threshold: at 1.0 all
+            # --concurrency workers are used (the library default 0.7 keeps 30% back)
+            load_threshold=1.0,
         ) as pool:
             try:
                 async with pool.acquire():

@@ -13,7 +13,13 @@ import redis_jobs
 import trio
 
 import procsup
-from procsup.redis import QueueFullError, RemoteJobError, open_queue, open_server
+from procsup.redis import (
+    QueueFullError,
+    RemoteJobError,
+    metric_samples,
+    open_queue,
+    open_server,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -44,6 +50,13 @@ async def test_round_trip(redis_server: Any, exec_log: str) -> None:
         stats = await q.statistics()
     assert (stats.length, stats.pending, stats.dead) == (0, 0, 0)
     assert len(redis_jobs.executions(exec_log)) == 6
+    queue = {
+        name: value
+        for name, labels, value in metric_samples(stats, queue="q")
+        if "health" not in labels
+    }
+    assert queue["procsup_queue_backlog"] == 0
+    assert queue["procsup_queue_capacity"] == 2  # one live host of 2 workers
 
 
 async def test_error_is_final_and_typed(redis_server: Any, exec_log: str) -> None:
@@ -51,6 +64,9 @@ async def test_error_is_final_and_typed(redis_server: Any, exec_log: str) -> Non
         with pytest.raises(RemoteJobError) as info:
             await q.call({"raise": "bad input"}, timeout=20)
         assert server.statistics().failed == 1
+        host_figures = {name: value for name, _, value in metric_samples(server.statistics())}
+        assert host_figures["procsup_serve_failed"] == 1
+        assert host_figures["procsup_serve_healthy"] == 1
     err = info.value
     assert (err.type, err.message, err.deliveries) == ("ValueError", "bad input", 1)
     assert err.phase is None

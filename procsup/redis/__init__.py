@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from ._engine import QueueStats
 from ._errors import QueueFullError, RemoteJobError
+from ._metrics import metric_samples
 from ._queue import Queue, open_queue
-from ._server import Server, ServeStatistics, metric_samples, open_server
+from ._server import Server, ServeStatistics, open_server
 
 __all__ = [
     "Queue",

@@ -30,7 +30,7 @@ from .._errors import (
 from ._engine import ConnectionLost, Engine, Entry, open_engine
 from ._errors import error_fields
 
-__all__ = ["ServeStatistics", "Server", "metric_samples", "open_server"]
+__all__ = ["COUNTERS", "ServeStatistics", "Server", "open_server"]
 
 log = logging.getLogger("procsup.redis")
 
@@ -81,7 +81,7 @@ class ServeStatistics:
     redis_errors: int
 
 
-_COUNTERS = [f.name for f in attrs.fields(ServeStatistics)][5:]
+COUNTERS = [f.name for f in attrs.fields(ServeStatistics)][5:]
 
 
 class _Job:
@@ -164,7 +164,7 @@ class Server:
             connected=self._connected,
             capacity=self._capacity,
             in_hand=len(self._held),
-            **{name: self._counts[name] for name in _COUNTERS},
+            **{name: self._counts[name] for name in COUNTERS},
         )
 
     async def drain(self) -> None:
@@ -527,19 +527,6 @@ async def _run_in_pool(
                 if exc.phase != "idle":
                     raise
         job.started = False  # died before the job was sent: another worker
-
-
-def metric_samples(stats: ServeStatistics) -> list[tuple[str, dict[str, str], float]]:
-    """This host's figures as ``(name, labels, value)`` samples, for a
-    metrics exporter to register (``procsup_serve_*``)."""
-    labels = {"consumer": stats.consumer}
-    samples = [
-        (f"procsup_serve_{name}", labels, float(getattr(stats, name)))
-        for name in ("capacity", "in_hand", *_COUNTERS)
-    ]
-    samples.append(("procsup_serve_connected", labels, float(stats.connected)))
-    samples.append(("procsup_serve_healthy", labels, float(stats.health == "ok")))
-    return samples
 
 
 def _consumer_name() -> str:
