@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-# Not typing.TYPE_CHECKING: importing typing costs a worker ~9 ms at start.
+# Not typing.TYPE_CHECKING: importing typing would cost every worker at start
+# (benchmarks/where_time_goes.py measures a worker's start).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

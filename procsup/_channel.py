@@ -1,4 +1,4 @@
-"""The parent's end of a worker's two socketpairs.
+"""The parent's end of a worker's two socketpairs (jobs and control).
 
 The jobs socket carries INIT, JOB and STOP to the worker's main thread, and
 everything the worker says back. The control socket carries PING and CANCEL
@@ -12,7 +12,7 @@ workers never need one). Frames come in through one ``wait_readable`` per
 burst of data, received into one reusable buffer and parsed in place.
 This keeps a job's round trip to one scheduler wakeup on each side: trio's
 SocketStream (and a buffered stream over it) spend a scheduler round on
-every call, which doubled the round trip of a trivial job.
+every call (benchmarks/where_time_goes.py shows what that costs).
 """
 
 from __future__ import annotations
@@ -54,23 +54,51 @@ def send_some(sock: socket.socket, data: bytes) -> int:
 
 
 class ParentChannel:
-    """Frames to and from one worker. One receiving task, any number of senders."""
+    """Frames to and from one worker. One receiving task, any number of senders.
 
-    def __init__(self, sock: socket.socket, control: socket.socket, max_frame: int) -> None:
-        sock.setblocking(False)
-        control.setblocking(False)
-        self._sock = sock
-        self._control = control
+    Made before the worker's process, with both socketpairs and the first
+    frame (INIT) already in the jobs socket, so that the child reads it as
+    soon as it runs: our handling of the spawn and a round trip through the
+    event loop stay off the path to warm. The spawner passes on
+    :attr:`child_fds`; :meth:`child_spawned` then closes our copies;
+    :meth:`start` gives the channel the nursery of its flush task (what did
+    not fit before that waits for it).
+    """
+
+    def __init__(self, max_frame: int, first_frame: bytes) -> None:
+        self._sock, child_sock = socket.socketpair()
+        self._control, child_control = socket.socketpair()
+        self._sock.setblocking(False)
+        self._control.setblocking(False)
+        # The child's ends, until it has them (then closed here: EOF must
+        # come when the child's copies close, not ours).
+        self._child_ends: tuple[socket.socket, ...] = (child_sock, child_control)
         self._control_broken = False
         self._max_frame = max_frame
-        self._pending = bytearray()
-        self._flusher: trio.Nursery | None = None
-        self._flushing = False
-        self._broken = False
+        self._pending = bytearray()  # the unsent rest, in order; only the flush task sends it
+        self._flusher: trio.Nursery | None = None  # set by start()
+        self._flushing = False  # a flush task runs (it ends when _pending is empty)
+        self._broken = False  # a send failed: the child closed its end
+        self.send_nowait(first_frame)
 
-    def bind(self, nursery: trio.Nursery) -> None:
-        """Where to start a flush task when a frame does not go out at once."""
+    @property
+    def child_fds(self) -> tuple[int, int]:
+        """The child's ends (jobs, control), for the spawner to pass on."""
+        sock, control = self._child_ends
+        return sock.fileno(), control.fileno()
+
+    def child_spawned(self) -> None:
+        """The spawn is over (done or failed): close our copies of the child's ends."""
+        for end in self._child_ends:
+            end.close()
+        self._child_ends = ()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Where to start a flush task when a frame does not go out at once;
+        what is pending already goes now."""
         self._flusher = nursery
+        if self._pending:
+            self._start_flush()
 
     def send_nowait(self, frame: bytes) -> None:
         """Send a frame now, or queue the rest of it for the flush task.
@@ -90,11 +118,13 @@ class ParentChannel:
                 return
             frame = frame[sent:]
         self._pending += frame
-        if not self._flushing:
-            if self._flusher is None:
-                raise RuntimeError("ParentChannel.bind() was not called")
-            self._flushing = True
-            self._flusher.start_soon(self._flush)
+        if not self._flushing and self._flusher is not None:
+            self._start_flush()
+
+    def _start_flush(self) -> None:
+        assert self._flusher is not None
+        self._flushing = True
+        self._flusher.start_soon(self._flush)
 
     def send_control(self, frame: bytes) -> bool:
         """Send a small PING or CANCEL frame whole, now; False if it cannot go.
@@ -170,6 +200,7 @@ class ParentChannel:
 
     def close(self) -> None:
         """Close the parent's ends. No task may be using the channel any more."""
+        self.child_spawned()
         trio.lowlevel.notify_closing(self._sock)
         self._sock.close()
         self._control.close()

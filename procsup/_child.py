@@ -38,7 +38,7 @@ from ._wire import (
     parse_header,
 )
 
-TYPE_CHECKING = False  # not typing's: importing typing costs the worker ~9 ms
+TYPE_CHECKING = False  # not typing's: importing typing would cost every worker's start
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, NoReturn
@@ -273,11 +273,11 @@ def main(fd: int, control_fd: int, parent_main: str = "") -> NoReturn:
 
 
 def run(fd: int, control_fd: int, parent_main: str = "") -> int:
-    """A worker's life on the inherited socketpair ends ``fd`` (jobs) and
+    """A worker's life on its inherited socket ends ``fd`` (jobs) and
     ``control_fd`` (pings and cancellation); returns its exit code.
 
     ``parent_main`` says where the parent's ``__main__`` comes from (see
-    :func:`procsup._spawn.parent_main_reference`).
+    :func:`procsup._process.parent_main_reference`).
     """
     global _channel
     for inherited in (fd, control_fd):

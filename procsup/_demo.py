@@ -24,7 +24,7 @@ import attrs
 import psutil
 import trio
 
-from ._cli import Display, Tally, open_display, run_job
+from ._console import Display, Tally, open_display, run_job
 from ._demo_jobs import crash, hang, hog_memory, load_model, predict
 from ._errors import MemoryLimitError, WorkerCrashedError, describe_exit
 

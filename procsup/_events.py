@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import attrs
+import trio
 
-__all__ = ["EVENT_LEVELS", "PoolEvent"]
+__all__ = ["EVENT_LEVELS", "EventHub", "PoolEvent"]
+
+logger = logging.getLogger("procsup.pool")  # the scheme: see procsup._worker
 
 EVENT_LEVELS = {
     "start": logging.DEBUG,
@@ -48,3 +53,51 @@ class PoolEvent:
         if self.error is not None:
             text += f": {self.error}"
         return text
+
+
+class EventHub:
+    """Where a pool's events go: the ``procsup.pool`` logger, the pool's
+    ``on_event`` callback, and every subscriber of :meth:`subscribe`."""
+
+    def __init__(self, on_event: Callable[[PoolEvent], object] | None) -> None:
+        self._on_event = on_event
+        self._subscribers: list[trio.MemorySendChannel[PoolEvent]] = []  # open ones only
+
+    @asynccontextmanager
+    async def subscribe(self, buffer: int) -> AsyncIterator[trio.MemoryReceiveChannel[PoolEvent]]:
+        """Events from now until the block exits; past ``buffer`` undelivered
+        ones, new ones are dropped for this subscriber."""
+        send, receive = trio.open_memory_channel[PoolEvent](buffer)
+        self._subscribers.append(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers.remove(send)  # first: nothing may be sent to a closed one
+            send.close()
+            receive.close()
+
+    def emit(
+        self,
+        kind: str,
+        pid: int | None,
+        *,
+        returncode: int | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        level = EVENT_LEVELS[kind]
+        log = logger.isEnabledFor(level)
+        if not (log or self._subscribers or self._on_event is not None):
+            return  # nobody listens: a one-shot worker has five events
+        event = PoolEvent(kind, pid, trio.current_time(), returncode, error)
+        if log:
+            logger.log(level, "%s", event.describe())
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                logger.exception("on_event callback raised; ignored")
+        for channel in self._subscribers:
+            try:
+                channel.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError):  # full, or leaving
+                pass

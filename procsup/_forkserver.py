@@ -53,12 +53,12 @@ import trio
 from . import _forkserver_child as proto
 from ._backoff import backoff_delay
 from ._errors import WorkerStartError, describe_exit
-from ._spawn import ChildProcess, _ExecChild, _open_pidfd, kill_group, parent_main_reference
+from ._process import ChildProcess, _ExecChild, _open_pidfd, kill_group, parent_main_reference
 from ._startup import environ_snapshot
 
 __all__ = ["ForkServerSpawner"]
 
-logger = logging.getLogger("procsup")
+logger = logging.getLogger("procsup")  # the scheme: see procsup._worker
 
 _BOOTSTRAP = (
     "import sys;sys.path[:]={path!r};from procsup._forkserver_child import serve,run_worker;"

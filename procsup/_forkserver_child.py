@@ -167,7 +167,8 @@ def _preload(ctrl: _socket.socket, names: list[str]) -> None:
     import importlib
 
     # What every worker needs, imported once: a worker pays for each module it
-    # imports itself twice over, in time and in page faults (atexit: ~57).
+    # imports itself twice over, in time and in page faults (see
+    # benchmarks/where_time_goes.py).
     for name in ("atexit", "pickle", "procsup._child"):
         importlib.import_module(name)
     try:  # once here, not in every worker (which names itself for ps)

@@ -1,7 +1,13 @@
-"""Frozen, validated settings of a worker.
+"""Frozen, validated settings of a worker and of a pool: the one place
+that holds their defaults.
 
 Validation happens here, in the parent, before any process starts: a bad
 value is a ``TypeError`` or ``ValueError`` that names the option.
+
+:func:`procsup.open_worker` and :func:`procsup.open_pool` list every option
+in their signatures, so that a type checker sees them; tests/test_options.py
+checks that those signatures, these classes, the functions' docstrings and
+the tables in docs/reference.rst agree on names and defaults.
 """
 
 from __future__ import annotations
@@ -11,17 +17,22 @@ import math
 import os
 import pickle
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import attrs
 
+from ._events import PoolEvent
 from ._startup import EnvOption, check_env, default_name
 from ._wire import MAX_BODY
 
-__all__ = ["START_METHODS", "WorkerOptions", "check_initializer"]
+__all__ = ["START_METHODS", "PoolOptions", "WorkerOptions", "check_initializer", "pick"]
+
+OptionsT = TypeVar("OptionsT", bound=attrs.AttrsInstance)
 
 START_METHODS = ("exec", "forkserver")
+# "auto": default_start_method() chooses, when the worker or pool opens.
+_START_METHOD_CHOICES = ("auto", *START_METHODS)
 START_METHOD_ENV = "PROCSUP_START_METHOD"
 
 
@@ -29,7 +40,8 @@ def default_start_method(*, pool: bool) -> str:
     """The start method used when none is given.
 
     ``$PROCSUP_START_METHOD`` if set; else ``"forkserver"`` for a pool on
-    Linux (one template, then a fork per worker: ~10x faster starts), and
+    Linux (one template, then a fork per worker: much faster starts, see
+    the benchmarks), and
     ``"exec"`` for a single worker (a template would double its start) and on
     other platforms (fork without exec is unsafe on macOS).
     """
@@ -155,11 +167,12 @@ class WorkerOptions:
     shm_min_bytes: int | None = attrs.field(
         default=128 * 1024, validator=_count(1, allow_none=True)
     )
-    start_method: str = attrs.field(default="exec")
+    start_method: str = "auto"
     preload: tuple[str, ...] = attrs.field(default=(), converter=_module_names)
-    name: str = attrs.field(
-        default=attrs.Factory(lambda self: default_name(self.initializer), takes_self=True),
-        validator=attrs.validators.instance_of(str),
+    # None: the initializer's name (default_name); set in __attrs_post_init__,
+    # so never None after it.
+    name: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
     )
     env: EnvOption = attrs.field(default=None, validator=check_env)
     capture_output: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
@@ -167,10 +180,69 @@ class WorkerOptions:
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "initializer_payload", check_initializer(self.initializer))
-        if self.start_method not in START_METHODS:
+        if self.name is None:
+            object.__setattr__(self, "name", default_name(self.initializer))
+        if self.start_method not in _START_METHOD_CHOICES:
             raise ValueError(
-                f"start_method must be one of {START_METHODS}, got {self.start_method!r}"
+                f"start_method must be one of {_START_METHOD_CHOICES}, got {self.start_method!r}"
             )
         for name in self.preload:
             if not isinstance(name, str):
                 raise TypeError(f"preload must list module names, got {name!r}")
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any], *, pool: bool) -> WorkerOptions:
+        """The options among a function's ``arguments`` (its ``locals()``),
+        with an ``"auto"`` start method chosen for a pool or a single worker."""
+        options = pick(cls, arguments)
+        return options.chosen(pool=pool)
+
+    def chosen(self, *, pool: bool) -> WorkerOptions:
+        """These options with an ``"auto"`` start method chosen."""
+        if self.start_method != "auto":
+            return self
+        return attrs.evolve(self, start_method=default_start_method(pool=pool))
+
+
+def pick(cls: type[OptionsT], arguments: Mapping[str, Any], **overrides: Any) -> OptionsT:
+    """An options class made from the entries of ``arguments`` named as its
+    fields (``overrides`` win)."""
+    names = [f.name for f in attrs.fields(cls) if f.init and f.name not in overrides]
+    return cls(**{name: arguments[name] for name in names}, **overrides)
+
+
+@attrs.frozen(kw_only=True)
+class PoolOptions:
+    """Settings of a pool; see :func:`procsup.open_pool`."""
+
+    idle: int = attrs.field(default=4, validator=_count(0))
+    max_workers: int | None = attrs.field(default=None, validator=_count(1, allow_none=True))
+    max_concurrent_starts: int | None = attrs.field(
+        default=None, validator=_count(1, allow_none=True)
+    )
+    max_acquire_attempts: int = attrs.field(default=3, validator=_count(1))
+    acquire_timeout: float | None = attrs.field(default=None, validator=_number(0, allow_none=True))
+    load: Callable[[], float] | None = None
+    load_threshold: float = attrs.field(default=0.7, validator=_number(0))
+    load_interval: float = attrs.field(default=1.0, validator=_number(0))
+    backoff_base: float = attrs.field(default=0.1, validator=_number(0))
+    backoff_cap: float = attrs.field(default=30.0, validator=_number(0))
+    on_event: Callable[[PoolEvent], object] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.load is not None and not callable(self.load):
+            raise TypeError(f"load must be a callable returning 0.0 to 1.0, got {self.load!r}")
+        if self.on_event is not None and not callable(self.on_event):
+            raise TypeError(f"on_event must be callable, got {self.on_event!r}")
+        if self.load_threshold > 1.0:
+            raise ValueError(f"load_threshold must be in (0, 1], got {self.load_threshold!r}")
+        if self.max_workers is not None and self.idle > self.max_workers:
+            # wait_warm() would wait forever for an idle count it cannot reach
+            raise ValueError(
+                f"idle={self.idle} is more than max_workers={self.max_workers}: "
+                "the pool could never keep that many warm"
+            )
+
+    @property
+    def start_slots(self) -> int:
+        return self.max_concurrent_starts or max(1, os.cpu_count() or 1)

@@ -9,90 +9,69 @@ Ownership and waking, by construction:
 * The registry (``Pool._members``) owns the workers; the ready channel only
   carries them to acquirers, and a stale entry (a worker that died while
   queued) is skipped on receipt.
-* An acquirer waits on the ready channel inside a child of ``_settled``, a
-  MultiCancelScope cancelled whenever a start fails (and on close). A woken
-  acquirer uses up an attempt only when every start that was in flight when
-  its attempt began has settled, then starts another: it never waits on a
-  start that cannot come, and never burns attempts while a peer start may
+* An acquirer waits on the ready channel inside a child of
+  ``_start_failed_wakeup``, a MultiCancelScope cancelled whenever a start
+  fails (and on close). Its attempt depends on the starts warming when it
+  looked (those holding a start slot; every start in flight if none holds
+  one). Woken, it uses up the attempt only when none of those is still in
+  flight and every start that settled meanwhile failed; when some also
+  succeeded (and served the waiters ahead of it), that was contention, and
+  it depends on the next starts instead. So it never waits on a start that
+  cannot come, and never burns an attempt while a start it depends on may
   still succeed.
 * Nothing is held across a job: a start slot is held only while warming.
+* A job goes from :meth:`Pool.run` to the worker's own ``_run``, whose
+  ``None`` ("the worker died before the job was sent") is the only signal to
+  try another worker, consumed in :meth:`Pool._run`.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
-import os
-import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from typing import Any, TypeVar
 
 import attrs
 import trio
 from tricycle import MultiCancelScope, open_service_nursery
 
-from ._backoff import backoff_delay
-from ._errors import (
-    NoWorkerAvailableError,
-    PoolClosedError,
-    WorkerCrashedError,
-    WorkerStartError,
-)
-from ._events import EVENT_LEVELS, PoolEvent
+from ._errors import NoWorkerAvailableError, PoolClosedError, WorkerStartError
+from ._events import EventHub, PoolEvent
 from ._limits import ensure_descriptors
 from ._load import idle_target
-from ._options import WorkerOptions, _count, _number, default_start_method
-from ._spawn import Spawner
-from ._util import collapse_single_group
-from ._worker import Worker, open_spawner, supervise
+from ._options import PoolOptions, WorkerOptions, pick
+from ._spawn import open_spawner
+from ._startup import EnvOption
+from ._util import NoPublicConstructor, collapse_single_group
+from ._warming import StartRecord, StartSlots
+from ._worker import Worker, WorkerEvents, supervise
 
-__all__ = ["Pool", "PoolOptions", "PoolStatistics", "open_pool"]
+__all__ = ["Pool", "PoolOptions", "PoolStatistics", "PooledWorker", "open_pool"]
 
 T = TypeVar("T")
-logger = logging.getLogger("procsup.pool")
+logger = logging.getLogger("procsup.pool")  # the scheme: see procsup._worker
 
 WARMING, IDLE, BUSY, CLOSING, GONE = "warming", "idle", "busy", "closing", "gone"
+# What may follow each state of a member (a new member is WARMING). Any
+# state may end in GONE: the lifetime task's finally.
+_NEXT_STATES: Mapping[str, frozenset[str]] = {
+    WARMING: frozenset({IDLE, GONE}),  # warm; the start failed
+    IDLE: frozenset({BUSY, CLOSING, GONE}),  # claimed; retired (died, pool closing)
+    BUSY: frozenset({IDLE, CLOSING, GONE}),  # given back; retired; died during the block
+    CLOSING: frozenset({GONE}),  # reaped
+    GONE: frozenset(),
+}
 _EVENT_BUFFER = 1024
 
-
-@attrs.frozen(kw_only=True)
-class PoolOptions:
-    """Settings of a pool; see :func:`procsup.open_pool`."""
-
-    idle: int = attrs.field(default=4, validator=_count(0))
-    max_workers: int | None = attrs.field(default=None, validator=_count(1, allow_none=True))
-    max_concurrent_starts: int | None = attrs.field(
-        default=None, validator=_count(1, allow_none=True)
-    )
-    max_acquire_attempts: int = attrs.field(default=3, validator=_count(1))
-    acquire_timeout: float | None = attrs.field(default=None, validator=_number(0, allow_none=True))
-    load: Callable[[], float] | None = None
-    load_threshold: float = attrs.field(default=0.7, validator=_number(0))
-    load_interval: float = attrs.field(default=1.0, validator=_number(0))
-    backoff_base: float = attrs.field(default=0.1, validator=_number(0))
-    backoff_cap: float = attrs.field(default=30.0, validator=_number(0))
-    on_event: Callable[[PoolEvent], object] | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if self.load is not None and not callable(self.load):
-            raise TypeError(f"load must be a callable returning 0.0 to 1.0, got {self.load!r}")
-        if self.on_event is not None and not callable(self.on_event):
-            raise TypeError(f"on_event must be callable, got {self.on_event!r}")
-        if self.load_threshold > 1.0:
-            raise ValueError(f"load_threshold must be in (0, 1], got {self.load_threshold!r}")
-        if self.max_workers is not None and self.idle > self.max_workers:
-            # wait_warm() would wait forever for an idle count it cannot reach
-            raise ValueError(
-                f"idle={self.idle} is more than max_workers={self.max_workers}: "
-                "the pool could never keep that many warm"
-            )
-
-    @property
-    def start_slots(self) -> int:
-        return self.max_concurrent_starts or max(1, os.cpu_count() or 1)
+StartWorker = Callable[[WorkerEvents, int], AbstractAsyncContextManager[Worker]]
+"""How the pool starts one worker, given its events hook and its slot, and owns
+it for a block (``supervise`` with the pool's options and spawner; a fake one
+in the virtual-time tests)."""
 
 
 @attrs.frozen
@@ -144,58 +123,17 @@ class _Member:
     def __init__(self, seq: int, slot: int) -> None:
         self.seq = seq
         self.slot = slot  # held from the start until the process is reaped
-        self.state = GONE  # not counted until the pool sets it
-        self.worker: Worker | None = None
-        self.retire_scope = trio.CancelScope()
+        self.state = WARMING  # changed by Pool._set_state only (_NEXT_STATES)
+        self.worker: Worker | None = None  # set when warm, from then on
+        self.retire_scope = trio.CancelScope()  # cancelled: the lifetime task closes it
 
 
-class _StartSlots:
-    """At most ``size`` starts warm at once; the others queue, first come
-    first served. Unlike a semaphore, the set of starts holding a slot is
-    known the moment a slot changes hands: an acquirer's attempt depends on
-    exactly those."""
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._queued: dict[int, trio.Event] = {}  # in arrival order: each one's wakeup
-        self.holders: set[int] = set()
-
-    def request(self, seq: int) -> None:
-        """Take a slot for start ``seq`` now, or queue it."""
-        if self._free > 0:
-            self._free -= 1
-            self.holders.add(seq)
-        else:
-            self._queued[seq] = trio.Event()
-
-    async def wait(self, seq: int) -> None:
-        """Until queued start ``seq`` holds a slot."""
-        event = self._queued.get(seq)
-        if event is not None:
-            await event.wait()
-
-    def release(self, seq: int) -> None:
-        """Start ``seq`` settled (or gave up): its slot, or its place in the
-        queue, goes to the next. Idempotent."""
-        if self._queued.pop(seq, None) is not None or seq not in self.holders:
-            return
-        self.holders.discard(seq)
-        if self._queued:
-            successor = next(iter(self._queued))
-            self.holders.add(successor)
-            self._queued.pop(successor).set()
-        else:
-            self._free += 1
-
-
-class PooledWorker:
+class PooledWorker(metaclass=NoPublicConstructor):
     """A warm worker lent by :meth:`Pool.acquire`, valid inside its block."""
 
-    def __init__(self, pool: Pool, member: _Member, worker: Worker) -> None:
-        self._pool = pool
-        self._member = member
+    def __init__(self, worker: Worker) -> None:
         self._worker = worker
-        self._released = False
+        self._lent = True  # False once the block has exited
 
     @property
     def pid(self) -> int:
@@ -209,46 +147,44 @@ class PooledWorker:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one job; see :meth:`Worker.run`."""
-        if self._released:
+        if not self._lent:
             raise RuntimeError("this worker was given back to the pool; acquire another")
-        return await self._pool._run_on(self._worker, fn, args)
+        return await self._worker.run(fn, *args)
+
+    def _give_back(self) -> None:
+        self._lent = False
 
 
-class Pool:
-    """A pool of pre-warmed workers. Made by :func:`open_pool`."""
+class Pool(metaclass=NoPublicConstructor):
+    """A pool of pre-warmed workers. Made by :func:`open_pool`; it has no
+    public constructor."""
 
     def __init__(
-        self,
-        options: PoolOptions,
-        worker_options: WorkerOptions,
-        spawner: Spawner,
-        nursery: trio.Nursery,
+        self, options: PoolOptions, start_worker: StartWorker, nursery: trio.Nursery
     ) -> None:
         self._options = options
-        self._worker_options = worker_options
-        self._spawner = spawner
-        self._nursery = nursery
-        self._closed = False
+        self._start_worker = start_worker
+        self._nursery = nursery  # the lifetime tasks' and the keeper's
+        self._closed = False  # set once, by _close: nothing starts, every acquirer leaves
+        # -- the registry: every child, by start number
         self._members: dict[int, _Member] = {}
         self._slots: set[int] = set()  # the members' slots (procsup.worker_slot)
-        self._counts: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()  # members by state, GONE not counted
         self._seq = itertools.count(1)
-        self._in_flight: set[int] = set()  # starts not yet settled
+        # -- starts
+        self._in_flight: set[int] = set()  # starts not yet settled (warm, failed or gone)
+        self._start_slots = StartSlots(options.start_slots)
+        self._record = StartRecord(options.backoff_base, options.backoff_cap)
+        # -- acquisition
+        # Warm members on offer; may hold stale ones (_claim skips them).
         self._ready_send, self._ready_recv = trio.open_memory_channel[_Member](math.inf)
-        self._settled = MultiCancelScope()
-        self._start_slots = _StartSlots(options.start_slots)
-        self._waiting = 0
-        self._starts = 0
-        self._start_failures = 0
-        self._start_successes = 0
-        self._consecutive_failures = 0
-        self._last_start_error: BaseException | None = None
-        self._backoff_until = -math.inf
-        self._timers_changed = trio.Event()
-        self._polled_load = 0.0
+        self._start_failed_wakeup = MultiCancelScope()  # cancelled (and renewed) per failure
+        self._waiting = 0  # acquirers inside an attempt
+        # -- timers and load
+        self._timers_changed = trio.Event()  # set when the keeper's next due time moved
+        self._polled_load = 0.0  # the load callable's last answer (only with options.load)
         self._jobs_completed = 0
-        self._subscribers: list[trio.MemorySendChannel[PoolEvent]] = []
-        self._rng = random.Random()
+        self._events = EventHub(options.on_event)
         self._changed_event: trio.Event | None = None  # made when someone waits
 
     # -- public --------------------------------------------------------------
@@ -261,16 +197,7 @@ class Pool:
         crash, a timeout) is the caller's. Raises what :meth:`acquire` and
         :meth:`Worker.run` raise.
         """
-        if not callable(fn):  # before a worker is started for it
-            raise TypeError(f"job must be callable, got {fn!r}")
-        while True:
-            async with self.acquire() as worker:
-                try:
-                    return await worker.run(fn, *args)
-                except WorkerCrashedError as exc:
-                    if exc.phase != "idle":
-                        raise
-            # died between being offered and receiving the job: try another
+        return await self._run(fn, args)  # type: ignore[no-any-return]
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[PooledWorker]:
@@ -285,11 +212,11 @@ class Pool:
             PoolClosedError: the pool is closed or closing.
         """
         member, worker = await self._acquire()
-        lease = PooledWorker(self, member, worker)
+        lease = PooledWorker._create(worker)
         try:
             yield lease
         finally:
-            lease._released = True
+            lease._give_back()
             self._release(member)
 
     async def wait_warm(self) -> None:
@@ -300,21 +227,24 @@ class Pool:
                 consecutive failures); carries the last error.
             PoolClosedError: the pool closed.
         """
+        record = self._record
         while True:
             self._check_open()
             stats = self.statistics()
             if stats.idle >= stats.target_idle:
                 return
-            if self._consecutive_failures >= self._options.max_acquire_attempts:
+            if record.consecutive_failures >= self._options.max_acquire_attempts:
                 raise NoWorkerAvailableError(
-                    f"the pool could not warm: {self._consecutive_failures} starts failed in a row",
-                    [self._last_start_error] if self._last_start_error else [],
+                    f"the pool could not warm: {record.consecutive_failures} starts failed "
+                    "in a row",
+                    [record.last_error] if record.last_error else [],
                 )
             await self._changed().wait()
 
     def statistics(self) -> PoolStatistics:
         """A consistent snapshot of the pool's counts and health."""
         counts = self._counts
+        record = self._record
         return PoolStatistics(
             idle=counts[IDLE],
             warming=counts[WARMING],
@@ -323,11 +253,11 @@ class Pool:
             waiting=self._waiting,
             target_idle=self._target_idle(),
             load=self._load(),
-            starts=self._starts,
-            start_failures=self._start_failures,
-            consecutive_start_failures=self._consecutive_failures,
-            health="degraded" if self._consecutive_failures else "ok",
-            last_start_error=self._last_start_error,
+            starts=record.spawned,
+            start_failures=record.failures,
+            consecutive_start_failures=record.consecutive_failures,
+            health="degraded" if record.consecutive_failures else "ok",
+            last_start_error=record.last_error,
             jobs_completed=self._jobs_completed,
         )
 
@@ -341,19 +271,78 @@ class Pool:
         The subscription never slows the pool: past ``buffer`` undelivered
         events, new ones are dropped for this subscriber.
         """
-        send, receive = trio.open_memory_channel[PoolEvent](buffer)
-        self._subscribers.append(send)
-        try:
+        async with self._events.subscribe(buffer) as receive:
             yield receive
-        finally:
-            self._subscribers.remove(send)  # first: the pool must not send to a closed one
-            send.close()
-            receive.close()
 
     @property
     def closed(self) -> bool:
         """True once the pool's ``async with`` block has started to exit."""
         return self._closed
+
+    # -- lifecycle: open_pool runs these -------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def _open(cls, options: PoolOptions, start_worker: StartWorker) -> AsyncIterator[Pool]:
+        """A running pool for the block; on the way out, however it goes,
+        every waiter is woken and every child stopped and reaped."""
+        with collapse_single_group():
+            async with open_service_nursery() as nursery:
+                pool = cls._create(options, start_worker, nursery)
+                pool._start()
+                try:
+                    yield pool
+                finally:
+                    pool._close()
+                    nursery.cancel_scope.cancel()
+
+    def _start(self) -> None:
+        if self._options.load is not None:
+            self._polled_load = self._call_load()
+        self._rebalance()  # warming starts now, not at the keeper's first turn
+        self._nursery.start_soon(self._keep_warm)
+
+    def _close(self) -> None:
+        self._closed = True
+        self._wake_waiters()
+        for member in list(self._members.values()):
+            if member.state == IDLE:
+                self._set_state(member, CLOSING)
+            member.retire_scope.cancel()
+        self._notify_changed()
+
+    # -- a job -----------------------------------------------------------------
+
+    async def _run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float | None = None,  # noqa: ASYNC109 -- counted from when the job has a worker
+    ) -> Any:
+        """Run one job in a warm worker; the one loop that acts on a worker's
+        "not sent, try another" (``None`` from ``Worker._run``).
+
+        ``timeout`` (seconds, counted once the job has its worker): past it
+        the job is cancelled, which stops and reaps its worker, and
+        :class:`trio.TooSlowError` raised.
+        """
+        if not callable(fn):  # before a worker is started for it
+            raise TypeError(f"job must be callable, got {fn!r}")
+        while True:
+            async with self.acquire() as lease:
+                with trio.fail_after(timeout) if timeout is not None else nullcontext():
+                    job = await lease.worker._run(fn, args)
+                if job is not None:
+                    return job.unwrap()
+            # died between being offered and receiving the job: try another
+
+    def _worker_event(self, kind: str, pid: int, error: BaseException | None) -> None:
+        """What a worker reports of its life (:data:`WorkerEvents`)."""
+        if kind == "start":
+            self._record.spawned += 1
+        elif kind == "job_finished":
+            self._jobs_completed += 1
+        self._events.emit(kind, pid, error=error)
 
     # -- acquisition -----------------------------------------------------------
 
@@ -371,8 +360,8 @@ class Pool:
                     self._rebalance()
                     return got
                 attempts += 1
-                if self._last_start_error is not None:
-                    errors.append(self._last_start_error)
+                if self._record.last_error is not None:
+                    errors.append(self._record.last_error)
                 if attempts >= self._options.max_acquire_attempts:
                     raise NoWorkerAvailableError(
                         f"no worker after {attempts} attempts (max_acquire_attempts="
@@ -387,9 +376,10 @@ class Pool:
         got = self._take_ready()
         if got is not None:
             return got
+        record = self._record
         self._waiting += 1
-        failures_before = self._start_failures
-        successes_before = self._start_successes
+        failures_before = record.failures
+        successes_before = record.successes
         try:
             self._rebalance()
             pending = self._depended_on()
@@ -398,7 +388,7 @@ class Pool:
                 if got is not None:
                     return got
                 member = None
-                with self._settled.open_child():
+                with self._start_failed_wakeup.open_child():
                     member = await self._ready_recv.receive()
                 self._check_open()
                 if member is not None:
@@ -408,13 +398,13 @@ class Pool:
                     continue  # a stale entry
                 if pending & self._in_flight:
                     continue  # a start we depend on may still succeed
-                if self._start_failures > failures_before:
-                    if self._start_successes == successes_before:
+                if record.failures > failures_before:
+                    if record.successes == successes_before:
                         return None  # every start that settled meanwhile failed
                     # Starts also succeeded (and served the waiters ahead of
                     # us): contention, not a failed round; watch the next one.
-                    failures_before = self._start_failures
-                    successes_before = self._start_successes
+                    failures_before = record.failures
+                    successes_before = record.successes
                 self._rebalance()
                 pending = self._depended_on()
         finally:
@@ -454,19 +444,6 @@ class Pool:
             self._ready_send.send_nowait(member)
         self._rebalance()
 
-    async def _run_on(self, worker: Worker, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        pid = worker.pid
-        self._emit("job_started", pid)
-        try:
-            result = await worker.run(fn, *args)
-        except BaseException as exc:
-            self._jobs_completed += 1
-            self._emit("job_finished", pid, error=exc)
-            raise
-        self._jobs_completed += 1
-        self._emit("job_finished", pid)
-        return result
-
     # -- warming ---------------------------------------------------------------
 
     def _rebalance(self) -> None:
@@ -481,9 +458,9 @@ class Pool:
             capacity = self._options.max_workers - sum(counts.values())
         for_waiters = self._waiting - counts[WARMING] - counts[IDLE]
         for_target = self._target_idle() - counts[IDLE] - max(counts[WARMING] - self._waiting, 0)
-        if self._consecutive_failures:
+        if self._record.consecutive_failures:
             for_target = min(for_target, 1 - counts[WARMING])
-            if trio.current_time() < self._backoff_until:
+            if trio.current_time() < self._record.backoff_until:
                 for_target = 0
         wanted = max(for_waiters, 0) + max(for_target, 0)
         for _ in range(int(min(wanted, capacity))):
@@ -495,7 +472,8 @@ class Pool:
         member = _Member(next(self._seq), slot)
         self._members[member.seq] = member
         self._in_flight.add(member.seq)
-        self._set_state(member, WARMING)
+        self._counts[WARMING] += 1
+        self._notify_changed()
         self._start_slots.request(member.seq)
         self._nursery.start_soon(self._lifetime, member, name=f"procsup-worker-{member.seq}")
 
@@ -506,7 +484,7 @@ class Pool:
                 await self._start_slots.wait(member.seq)
                 try:
                     worker = await stack.enter_async_context(
-                        supervise(self._worker_options, self._spawner, self._spawned, member.slot)
+                        self._start_worker(self._worker_event, member.slot)
                     )
                 except WorkerStartError as exc:
                     self._start_failed(member, exc)
@@ -521,34 +499,19 @@ class Pool:
             self._start_slots.release(member.seq)
             self._gone(member)
 
-    def _spawned(self, pid: int) -> None:
-        self._starts += 1  # a process exists (a failed spawn is only a start failure)
-        self._emit("start", pid)
-
     def _ready(self, member: _Member, worker: Worker) -> None:
         member.worker = worker
         self._in_flight.discard(member.seq)
-        self._start_successes += 1
-        self._consecutive_failures = 0
-        self._backoff_until = -math.inf
+        self._record.succeeded()
         self._set_state(member, IDLE)
-        self._emit("ready", worker.pid)
+        self._events.emit("ready", worker.pid)
         self._ready_send.send_nowait(member)
 
     def _start_failed(self, member: _Member, exc: WorkerStartError) -> None:
         self._in_flight.discard(member.seq)
-        self._start_failures += 1
-        self._consecutive_failures += 1
-        self._last_start_error = exc
-        delay = backoff_delay(
-            self._consecutive_failures,
-            base=self._options.backoff_base,
-            cap=self._options.backoff_cap,
-            jitter=self._rng.random(),
-        )
-        self._backoff_until = trio.current_time() + delay
+        self._record.failed(exc, trio.current_time())
         self._timers_changed.set()
-        self._emit("start_failed", exc.pid, error=exc)
+        self._events.emit("start_failed", exc.pid, error=exc)
         self._wake_waiters()
 
     def _gone(self, member: _Member) -> None:
@@ -558,12 +521,12 @@ class Pool:
         self._slots.discard(member.slot)
         worker = member.worker
         if worker is not None:
-            self._emit("exited", worker.pid, returncode=worker.returncode)
+            self._events.emit("exited", worker.pid, returncode=worker.returncode)
         self._rebalance()
 
     def _wake_waiters(self) -> None:
-        self._settled.cancel()
-        self._settled = MultiCancelScope()
+        self._start_failed_wakeup.cancel()
+        self._start_failed_wakeup = MultiCancelScope()
 
     async def _keep_warm(self) -> None:
         """Re-run the balance when a timer falls due: the end of a backoff,
@@ -577,8 +540,8 @@ class Pool:
                 next_poll = now + self._options.load_interval
             self._rebalance()
             due = next_poll if self._options.load is not None else math.inf
-            if self._backoff_until > now:
-                due = min(due, self._backoff_until)
+            if self._record.backoff_until > now:
+                due = min(due, self._record.backoff_until)
             self._timers_changed = trio.Event()
             with trio.move_on_at(due):
                 await self._timers_changed.wait()
@@ -586,8 +549,8 @@ class Pool:
     # -- bookkeeping -------------------------------------------------------------
 
     def _set_state(self, member: _Member, state: str) -> None:
-        if member.state != GONE:
-            self._counts[member.state] -= 1
+        assert state in _NEXT_STATES[member.state], f"{member.state} -> {state}"
+        self._counts[member.state] -= 1
         member.state = state
         if state != GONE:
             self._counts[state] += 1
@@ -627,41 +590,6 @@ class Pool:
         if self._closed:
             raise PoolClosedError("the pool is closed; open a new one with procsup.open_pool()")
 
-    def _emit(
-        self,
-        kind: str,
-        pid: int | None,
-        *,
-        returncode: int | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        level = EVENT_LEVELS[kind]
-        log = logger.isEnabledFor(level)
-        if not (log or self._subscribers or self._options.on_event is not None):
-            return  # nobody listens: a one-shot worker has five events
-        event = PoolEvent(kind, pid, trio.current_time(), returncode, error)
-        if log:
-            logger.log(level, "%s", event.describe())
-        if self._options.on_event is not None:
-            try:
-                self._options.on_event(event)
-            except Exception:
-                logger.exception("on_event callback raised; ignored")
-        for channel in self._subscribers:
-            try:
-                channel.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError):  # full, or leaving events()
-                pass
-
-    def _close(self) -> None:
-        self._closed = True
-        self._wake_waiters()
-        for member in list(self._members.values()):
-            if member.state == IDLE:
-                self._set_state(member, CLOSING)
-            member.retire_scope.cancel()
-        self._notify_changed()
-
 
 @asynccontextmanager
 async def open_pool(
@@ -675,7 +603,25 @@ async def open_pool(
     acquire_timeout: float | None = None,
     load: Callable[[], float] | None = None,
     load_threshold: float = 0.7,
-    **worker_options: Any,
+    load_interval: float = 1.0,
+    backoff_base: float = 0.1,
+    backoff_cap: float = 30.0,
+    on_event: Callable[[PoolEvent], object] | None = None,
+    max_jobs: int | None = 1,
+    shutdown_timeout: float = 5.0,
+    ping_interval: float = 5.0,
+    ping_timeout: float = 10.0,
+    memory_warn_mb: float | None = None,
+    memory_limit_mb: float | None = None,
+    memory_interval: float = 0.5,
+    cancel_grace: float = 1.0,
+    max_message_bytes: int = 256 * 1024 * 1024,
+    shm_min_bytes: int | None = 128 * 1024,
+    start_method: str = "auto",
+    preload: Sequence[str] = (),
+    name: str | None = None,
+    env: EnvOption = None,
+    capture_output: bool = False,
 ) -> AsyncIterator[Pool]:
     """Open a pool that keeps ``idle`` workers warm; returns at once.
 
@@ -695,43 +641,33 @@ async def open_pool(
             ``load_interval`` seconds; default ``busy / max_workers`` when
             ``max_workers`` is set, else 0.
         load_threshold: the load at which the idle target reaches 0.
-        **worker_options: any :func:`open_worker` option (``max_jobs``,
-            ``shutdown_timeout``, ``memory_limit_mb``...; ``start_method``
-            defaults to ``"forkserver"`` on Linux, ``"exec"`` elsewhere, and
-            ``$PROCSUP_START_METHOD`` overrides it), plus pool options
-            ``load_interval`` (1.0 s), ``backoff_base`` (0.1 s),
-            ``backoff_cap`` (30 s) and ``on_event`` (a callback given every
-            :class:`PoolEvent`).
+        load_interval: seconds between calls of ``load``.
+        backoff_base: seconds of the first delay after a failed start.
+        backoff_cap: the longest delay between failing starts, in seconds.
+        on_event: a callback given every :class:`PoolEvent`.
+        start_method: as for :func:`open_worker`, but ``"auto"`` means
+            ``"forkserver"`` on Linux (``"exec"`` elsewhere), and
+            ``$PROCSUP_START_METHOD`` overrides that.
+
+    The other worker options (``max_jobs``, ``shutdown_timeout``,
+    ``ping_interval``, ``ping_timeout``, ``memory_warn_mb``,
+    ``memory_limit_mb``, ``memory_interval``, ``cancel_grace``,
+    ``max_message_bytes``, ``shm_min_bytes``, ``preload``, ``name``, ``capture_output``) are
+    as for :func:`open_worker`, and apply to every worker; so does ``env``,
+    whose callable form is given each worker's slot.
+
+    The reference's option tables give each default and unit; a test keeps
+    them, this signature and the options classes agreeing.
 
     Leaving the block (normally, by an exception or by cancellation) wakes
     waiters with :class:`PoolClosedError`, stops busy workers within their
     ``shutdown_timeout``, kills warming ones, and reaps every child.
     """
-    pool_keys = {"load_interval", "backoff_base", "backoff_cap", "on_event"}
-    pool_extra = {k: worker_options.pop(k) for k in list(worker_options) if k in pool_keys}
-    options = PoolOptions(
-        idle=idle,
-        max_workers=max_workers,
-        max_concurrent_starts=max_concurrent_starts,
-        max_acquire_attempts=max_acquire_attempts,
-        acquire_timeout=acquire_timeout,
-        load=load,
-        load_threshold=load_threshold,
-        **pool_extra,
-    )
-    worker_options.setdefault("start_method", default_start_method(pool=True))
-    wopts = WorkerOptions(initializer=initializer, init_timeout=init_timeout, **worker_options)
+    arguments = locals()
+    options = pick(PoolOptions, arguments)
+    wopts = WorkerOptions.from_arguments(arguments, pool=True)
     ensure_descriptors(max(idle, max_workers or 0), options.start_slots)
     async with open_spawner(wopts) as spawner:
-        with collapse_single_group():
-            async with open_service_nursery() as nursery:
-                pool = Pool(options, wopts, spawner, nursery)
-                if options.load is not None:
-                    pool._polled_load = pool._call_load()
-                pool._rebalance()  # warming starts now, not at the keeper's first turn
-                nursery.start_soon(pool._keep_warm)
-                try:
-                    yield pool
-                finally:
-                    pool._close()
-                    nursery.cancel_scope.cancel()
+        start_worker = functools.partial(supervise, wopts, spawner)
+        async with Pool._open(options, start_worker) as pool:
+            yield pool

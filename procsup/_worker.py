@@ -1,10 +1,22 @@
 """The parent's side of one supervised worker process.
 
 Ownership: the task that enters :func:`supervise` owns the child. It spawns
-it, runs its background tasks (reader, exit watcher, pinger, memory sampler)
-in a service nursery, and on the way out -- for any reason -- stops it
-gracefully, SIGKILLs its process group when that takes too long, and reaps
-it, all in ``finally`` under a shielded scope with deadlines.
+it and runs the worker's background tasks in a service nursery (the reader;
+the exit watcher, whose wait is also the worker's timer; the memory sampler
+when a memory option is set). On the way out -- for any reason -- it stops
+the child gracefully, SIGKILLs its process group when that takes too long,
+and reaps it, all in ``finally`` under a shielded scope with deadlines.
+
+A worker's life, as :attr:`Worker.phase` tells it (``_NEXT_PHASES`` is the
+same, in code)::
+
+    init --READY--> idle --run()--> job --answer--> idle
+                      |               |
+                      +--aclose()-----+--its last job, aclose(), cancelled--> shutdown
+
+The process may die in any phase; the phase it died in stays in ``_phase``
+and :attr:`Worker.phase` says ``"exited"``. A start that fails is killed in
+``init``.
 """
 
 from __future__ import annotations
@@ -12,25 +24,20 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import socket
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
 
-import outcome
 import trio
 from tricycle import open_service_nursery
 
 from . import _shm, _wire
-from ._channel import ParentChannel, send_some
-from ._child import importing_parent_main
+from ._channel import ParentChannel
 from ._errors import (
     MemoryLimitError,
     ProtocolError,
     RemoteTraceback,
     SerializationError,
-    UnsupportedPlatformError,
     WorkerClosedError,
     WorkerCrashedError,
     WorkerError,
@@ -38,16 +45,19 @@ from ._errors import (
     WorkerUnresponsiveError,
 )
 from ._logextra import record_extra
-from ._options import WorkerOptions, default_start_method
+from ._options import WorkerOptions
 from ._pickle import dump_job, load_result, rebuild_error
-from ._spawn import ChildProcess, ExecSpawner, Spawner
-from ._startup import startup_fields
-from ._util import collapse_single_group
+from ._process import ChildProcess
+from ._spawn import Spawner, open_spawner
+from ._startup import EnvOption, startup_fields
+from ._util import NoPublicConstructor, collapse_single_group
 from ._wire import Kind
 
-__all__ = ["Worker", "open_worker", "supervise"]
+__all__ = ["Worker", "WorkerEvents", "open_worker", "supervise"]
 
 T = TypeVar("T")
+# Loggers: "procsup" for what concerns one worker process (its supervision, the
+# fork server, a worker's own notices); "procsup.pool" for a pool's events.
 logger = logging.getLogger("procsup")
 
 # How long after the process ended we still read what it wrote before dying.
@@ -59,10 +69,24 @@ _MEMORY_WARN_EVERY = 30.0
 _job_ids = itertools.count(1)
 _JOB_ANSWERS = frozenset({Kind.RESULT, Kind.RESULT_SHM, Kind.ERROR})
 
+# What may follow each phase. "exited" is not entered: it is the reaped
+# process, whatever the phase was.
+_NEXT_PHASES: Mapping[str, frozenset[str]] = {
+    "init": frozenset({"idle"}),  # READY (a failed start is killed in "init")
+    "idle": frozenset({"job", "shutdown"}),  # run(); aclose()
+    "job": frozenset({"idle", "shutdown"}),  # the answer; retiring (last job, aclose, cancel)
+    "shutdown": frozenset(),  # the process exits, or is killed
+}
 
-class Worker:
+WorkerEvents = Callable[[str, int, BaseException | None], object]
+"""The owner's hook on a worker's life: ``(kind, pid, error)`` for ``"start"``
+(the process exists), ``"job_started"`` and ``"job_finished"`` (``error``:
+what the job's caller got, if not a result)."""
+
+
+class Worker(metaclass=NoPublicConstructor):
     """A supervised worker process, ready for jobs. Made by :func:`open_worker`
-    (or a pool); never constructed directly.
+    (or a pool); it has no public constructor.
 
     A worker runs one job at a time. After ``max_jobs`` jobs it retires: its
     process exits and :meth:`run` raises :class:`WorkerClosedError`.
@@ -72,35 +96,35 @@ class Worker:
         self,
         options: WorkerOptions,
         process: ChildProcess,
-        sock: socket.socket,
-        control: socket.socket,
-        slot: int = 0,
+        channel: ParentChannel,
+        events: WorkerEvents | None,
+        slot: int,
     ) -> None:
         self._options = options
         self.slot = slot
         """The worker's slot in its pool (see :func:`procsup.worker_slot`)."""
         self._process = process
-        self._channel = ParentChannel(sock, control, options.max_message_bytes)
+        self._channel = channel
         self._shm = _shm.Transfers(options.shm_min_bytes, options.max_message_bytes)
-        self._phase = "init"
-        self._jobs_done = 0
-        self._retiring = False
-        self._failure: WorkerError | None = None
-        self._returncode: int | None = None
-        self._init_result: outcome.Outcome[None] | None = None
+        self._events = events  # the owner's hook; None: nobody listens
+        # -- the phase (_NEXT_PHASES): changed by _enter() only
+        self._phase = "init"  # never "exited" (that is _exited); kept after the exit
+        self._retiring = False  # no more jobs: "shutdown" follows this phase (in "init": the kill)
+        self._job: _Job | None = None  # the job sent and not yet settled: only in "job"
+        self._jobs_done = 0  # jobs that reached run() and ended, however
+        # -- initialization: READY or INIT_FAILED, the exit, or the timer's kill sets it
         self._init_settled = trio.Event()
-        self._job: _PendingJob | None = None
-        self._exited = trio.Event()
-        self._reader_done = trio.Event()
-        # The exit watcher's wait is also the worker's timer (see _watch_exit):
-        # its deadline is the earliest of these.
-        self._watch_scope = trio.CancelScope()
-        self._init_deadline = math.inf  # initialization must end by then
-        self._eof_deadline = math.inf  # the channel closed: the process must end by then
-        self._ping_deadline = math.inf  # send a ping, or give up on the last one
-        self._ping_stamp: float | None = None
-        self._init_timed_out = False
-        self._unsent_init = b""  # the part of INIT the socket could not take before spawn
+        self._ready = False  # READY came (then _init_settled is set)
+        # -- the end
+        self._reason: _Reason | None = None  # why we end the worker; the first wins; None:
+        # nobody decided to (it retired, or died on its own)
+        self._error: WorkerError | None = None  # the waiter's error, built once (_caller_error)
+        self._returncode: int | None = None  # set when reaped, just before _exited
+        self._exited = trio.Event()  # reaped, and every waiter on it settled
+        self._reader_done = trio.Event()  # the reader has seen EOF, or gave up on garbage
+        # -- the timer: the exit watcher's wait; see _Timer for the deadlines
+        self._timer = _Timer()
+        self._ping_stamp: float | None = None  # the ping not yet answered; None: none out
         self.last_ping_rtt: float | None = None
         """Round trip of the last answered ping, in seconds."""
         self.memory_mb: float | None = None
@@ -157,45 +181,15 @@ class Worker:
             SerializationError: ``fn`` or ``args`` do not pickle (nothing was
                 sent), or the result did not travel back.
             WorkerClosedError: the worker has retired or is shutting down.
-            WorkerCrashedError: the process died during the job.
+            WorkerCrashedError: the process died during the job (``phase``
+                ``"job"``), or before it was sent (``"idle"``).
             WorkerUnresponsiveError, MemoryLimitError, ProtocolError: the
                 worker was killed for that reason during the job.
         """
-        if not self.accepting_jobs:
+        job = await self._run(fn, args)
+        if job is None:
             self._refuse_job()
-        job = _PendingJob(next(_job_ids))
-        frame = self._shm.job_frame(job.id, fn, args) or _wire.encode(
-            Kind.JOB, job.id, dump_job(fn, args, self._options.max_message_bytes)
-        )
-        self._job = job
-        self._phase = "job"
-        try:
-            try:
-                self._channel.send_nowait(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._kill_and_reap()
-                job.fail(
-                    WorkerCrashedError(
-                        "worker died before the job was sent",
-                        pid=self.pid,
-                        phase="idle",
-                        returncode=self._returncode,
-                    )
-                )
-            await job.wait()
-        except BaseException:
-            if not job.settled:
-                with trio.CancelScope(shield=True):
-                    await self._abandon_job()
-            raise
-        finally:
-            self._shm.release()
-            self._job = None
-            self._jobs_done += 1
-            self._end_job()
-        if job.error is not None:
-            raise job.error
-        return job.value  # type: ignore[no-any-return]
+        return job.unwrap()  # type: ignore[no-any-return]
 
     def kill(self) -> None:
         """SIGKILL the process and its process group now. The owner reaps it."""
@@ -214,13 +208,13 @@ class Worker:
             self._retiring = True
             if self._phase == "init":
                 return  # a warming worker is killed, not asked (it cannot hear us yet)
-            if self._phase != "job":
-                self._phase = "shutdown"
+            if self._phase == "idle":
+                self._enter("shutdown")
             with trio.move_on_after(self._options.shutdown_timeout):
                 self._send_quietly(_wire.encode(Kind.STOP))
                 await self._exited.wait()
             if not self._exited.is_set():
-                self._set_failure(
+                self._end_for(
                     WorkerClosedError,
                     "worker was killed: it did not exit after a stop request",
                     setting=f"shutdown_timeout={self._options.shutdown_timeout:g}s",
@@ -231,58 +225,248 @@ class Worker:
     def __repr__(self) -> str:
         return f"<procsup.Worker pid={self.pid} phase={self.phase} jobs_done={self._jobs_done}>"
 
-    # -- lifecycle, used by supervise() -------------------------------------
+    # -- one job -------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> _Job | None:
+        """Run one job; return it settled, with its value or its error.
+
+        Returns ``None`` when the worker died idle, before the job was sent:
+        nothing ran, and the caller may submit the job again to another
+        worker (:meth:`run` raises :class:`WorkerCrashedError` instead). It
+        is the only "try elsewhere" signal. Raises what :meth:`run` raises
+        before anything is sent, and cancellation.
+        """
+        events = self._events
+        if events is None:
+            return await self._send_and_wait(fn, args)
+        events("job_started", self.pid, None)
+        try:
+            job = await self._send_and_wait(fn, args)
+        except BaseException as exc:
+            events("job_finished", self.pid, exc)
+            raise
+        events("job_finished", self.pid, self._refusal() if job is None else job.error)
+        return job
+
+    async def _send_and_wait(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> _Job | None:
+        if not self.accepting_jobs:
+            if self._died_idle():
+                return None
+            self._refuse_job()
+        job = _Job(next(_job_ids))
+        frame = self._shm.job_frame(job.id, fn, args) or _wire.encode(
+            Kind.JOB, job.id, dump_job(fn, args, self._options.max_message_bytes)
+        )
+        try:
+            self._channel.send_nowait(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._shm.release()
+            await self._kill_and_reap()  # it is dying: have it reaped, still "idle"
+            return None
+        self._job = job
+        self._enter("job")
+        try:
+            await job.wait()
+        except BaseException:
+            if not job.settled:
+                with trio.CancelScope(shield=True):
+                    await self._abandon_job()
+            raise
+        finally:
+            self._shm.release()
+            self._job = None
+            self._jobs_done += 1
+            self._end_job()
+        return job
+
+    def _died_idle(self) -> bool:
+        """The process ended on its own while idle (no reason of ours)."""
+        return not self.alive and self._reason is None and not self._retiring
+
+    def _refusal(self) -> WorkerError | RuntimeError:
+        """Why :meth:`run` cannot take a job now."""
+        if self._phase == "job":
+            return RuntimeError(f"worker pid={self.pid} is already running a job")
+        if self._died_idle():
+            return WorkerCrashedError(
+                "worker died while idle; the job was not sent",
+                pid=self.pid,
+                phase="idle",
+                returncode=self._returncode,
+            )
+        return WorkerClosedError(
+            "worker is retired and takes no more jobs",
+            pid=self.pid,
+            phase=self.phase,
+            returncode=self._returncode,
+        )
+
+    def _refuse_job(self) -> NoReturn:
+        raise self._refusal()
+
+    def _end_job(self) -> None:
+        max_jobs = self._options.max_jobs
+        if max_jobs is not None and self._jobs_done >= max_jobs:
+            self._retiring = True  # the child exits on its own after its last job
+        if self._phase == "job":
+            self._enter("shutdown" if self._retiring else "idle")
+
+    async def _abandon_job(self) -> None:
+        """The caller gave up on a running job: stop it, bounded, then reap."""
+        self._retiring = True
+        self._end_for(WorkerClosedError, "job was cancelled by its caller")
+        with trio.move_on_after(self._options.cancel_grace):
+            self._channel.send_control(_wire.encode(Kind.CANCEL, self._job.id if self._job else 0))
+            await self._exited.wait()
+        await self._kill_and_reap()
+
+    # -- the phase and the end -------------------------------------------------
+
+    def _enter(self, phase: str) -> None:
+        assert phase in _NEXT_PHASES[self._phase], f"{self._phase} -> {phase}"
+        self._phase = phase
+
+    def _end_for(
+        self,
+        cls: type[WorkerError],
+        what: str,
+        *,
+        setting: str | None = None,
+        details: Mapping[str, object] | None = None,
+        cause: BaseException | None = None,
+    ) -> None:
+        """Record why the worker is going away (the first reason wins). The
+        caller kills it, or is already waiting for it to exit."""
+        if self._reason is None:
+            self._reason = _Reason(cls, what, self._phase, setting, details or {}, cause)
+
+    def _caller_error(self) -> WorkerError:
+        """The error of whoever waits on this worker's current phase (the
+        job's caller, or the start): built once, from the recorded reason,
+        or from the phase the process died in when there is none."""
+        if self._error is None:
+            reason, rc = self._reason, self._returncode
+            if self._phase == "init":
+                self._error = _start_error(reason, self.pid, rc)
+            elif reason is None:
+                self._error = WorkerCrashedError(
+                    "worker died during a job", pid=self.pid, phase="job", returncode=rc
+                )
+            else:
+                self._error = reason.build(self.pid, rc)
+        return self._error
+
+    def _settle_on_exit(self) -> None:
+        """The process is reaped: settle whatever still waited on it."""
+        job = self._job
+        if job is not None and not job.settled:
+            job.fail(self._caller_error())
+        self._init_settled.set()
+
+    async def _kill_and_reap(self) -> None:
+        if self._exited.is_set():
+            return
+        self.kill()
+        with trio.CancelScope(shield=True), trio.move_on_after(_REAP_DEADLINE):
+            await self._exited.wait()
+        if not self._exited.is_set():
+            logger.error("worker pid=%d was not reaped %gs after SIGKILL", self.pid, _REAP_DEADLINE)
+
+    def _protocol_violation(self, what: str) -> None:
+        if not self._exited.is_set():
+            self._end_for(ProtocolError, f"worker broke the protocol: {what}")
+            logger.error("worker pid=%d broke the protocol (%s); killing it", self.pid, what)
+            self.kill()
+
+    # -- lifecycle: the owning task (supervise) runs these ----------------------
+
+    @asynccontextmanager
+    async def _supervised(self) -> AsyncIterator[None]:
+        """Run the background tasks around initialization and the owner's
+        block; on the way out, however it goes, stop and reap the child.
+
+        A service nursery: the body is cancelled first, so its shielded
+        ``aclose`` still has the reader and the exit watcher working for it.
+        """
+        opts = self._options
+        try:
+            with collapse_single_group():
+                async with open_service_nursery() as nursery:
+                    self._channel.start(nursery)
+                    nursery.start_soon(self._watch_exit_and_timer)
+                    nursery.start_soon(self._read_forever)
+                    if opts.memory_limit_mb is not None or opts.memory_warn_mb is not None:
+                        # From spawn: an initializer over the limit is a start failure
+                        # (with backoff), not a warm worker killed and respawned forever.
+                        nursery.start_soon(self._sample_memory_forever)
+                    try:
+                        await self._initialize()
+                        self._timer.arm("ping", trio.current_time() + opts.ping_interval)
+                        yield
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await self.aclose()
+                        nursery.cancel_scope.cancel()
+        finally:
+            self._channel.close()
 
     async def _initialize(self) -> None:
-        """Send what is left of INIT (see :func:`supervise`) and wait for the
-        first of: ready, raised, exited, ``init_timeout``. On failure the
-        child is killed and reaped and WorkerStartError raised."""
-        opts = self._options
-        self._init_deadline = trio.current_time() + opts.init_timeout
-        self._rearm()
-        if self._unsent_init:
-            self._send_quietly(self._unsent_init)
+        """Wait for the first of: ready, raised, exited, ``init_timeout``
+        (INIT is already on its way: see :class:`ParentChannel`). On failure
+        the child is killed and reaped and WorkerStartError raised."""
+        self._timer.arm("init", trio.current_time() + self._options.init_timeout)
         await self._init_settled.wait()  # by an answer, the exit, or the timer's kill
-        self._init_deadline = math.inf
-        result = self._init_result
-        if isinstance(result, outcome.Value):
-            self._phase = "idle"
+        self._timer.disarm("init")
+        if self._ready:
+            self._enter("idle")
             return
-        cause: BaseException | None
-        if isinstance(result, outcome.Error):  # the initializer raised
-            cause = result.error
-            what = str(getattr(cause, "what", cause))
-        elif self._init_timed_out:
-            cause = None
-            what = "initializer did not finish in time"
-        else:  # the process ended, or broke the protocol, before answering
-            cause = self._failure
-            what = cause.what if cause else "worker exited during initialization"
         await self._kill_and_reap()
-        setting = self._failure.setting if self._failure else None
-        error = WorkerStartError(
-            what, pid=self.pid, phase="init", returncode=self._returncode, setting=setting
-        )
-        if isinstance(cause, WorkerStartError):
-            error.remote_type, error.remote_traceback = cause.remote_type, cause.remote_traceback
-            raise error from cause.__cause__
-        raise error from cause
+        raise self._caller_error()
 
-    async def _watch_exit(self) -> None:
+    async def _watch_exit_and_timer(self) -> None:
         """Wait for the process to end. The wait is also the worker's timer:
-        at its scope's deadline, :meth:`_timer_fired` enforces
-        ``init_timeout``, the grace after EOF, and pings."""
+        at its deadline, :meth:`_timer_fired` acts on what fell due."""
         while True:
-            with self._watch_scope:
+            with self._timer.next_wait():
                 self._returncode = await self._process.wait()
                 break
-            self._watch_scope = trio.CancelScope()
             self._timer_fired()
         if not self._reader_done.is_set():  # what it wrote before dying still counts
             with trio.move_on_after(_DRAIN_GRACE):
                 await self._reader_done.wait()
         self._settle_on_exit()
         self._exited.set()
+
+    def _timer_fired(self) -> None:
+        due = self._timer.pop_due(trio.current_time())
+        if "init" in due and not self._init_settled.is_set():
+            self._end_for(
+                WorkerStartError,
+                "initializer did not finish in time",
+                setting=f"init_timeout={self._options.init_timeout:g}s",
+            )
+            self.kill()
+        if "eof" in due:
+            self._protocol_violation("worker closed its channel but kept running")
+        if "ping" in due:
+            self._ping_due()
+
+    def _ping_due(self) -> None:
+        """Send a ping, or give up on the last one."""
+        opts = self._options
+        if self._ping_stamp is not None:  # no PONG within ping_timeout
+            self._end_for(
+                WorkerUnresponsiveError,
+                "worker did not answer a ping",
+                setting=f"ping_timeout={opts.ping_timeout:g}s",
+            )
+            self.kill()
+            return
+        self._ping_stamp = trio.current_time()
+        # If this cannot go, the worker's control thread is stuck: no answer
+        # comes, and the next deadline gives up on it.
+        self._channel.send_control(_wire.encode(Kind.PING, self._ping_stamp))
+        self._timer.arm("ping", self._ping_stamp + opts.ping_timeout)
 
     async def _read_forever(self) -> None:
         try:
@@ -292,8 +476,7 @@ class Worker:
         finally:
             self._reader_done.set()
         # EOF. A child that closes its channel yet keeps running is broken.
-        self._eof_deadline = trio.current_time() + _DRAIN_GRACE
-        self._rearm()
+        self._timer.arm("eof", trio.current_time() + _DRAIN_GRACE)
 
     def _dispatch(self, kind: int, fields: tuple[Any, ...]) -> None:
         if kind in _JOB_ANSWERS:
@@ -302,7 +485,7 @@ class Worker:
                 raise _wire.FrameError(f"{_wire.NAMES[kind]} for a job that is not running")
             self._settle_job(job, kind, fields)
         elif kind == Kind.LOG:
-            self._log_record(*fields)
+            _forward_log_record(self.pid, self.slot, *fields)
         elif kind == Kind.ALLOC:
             self._alloc_result(*fields)
         elif kind == Kind.PONG:
@@ -311,67 +494,27 @@ class Worker:
             now = trio.current_time()
             self.last_ping_rtt = now - fields[0]
             self._ping_stamp = None
-            self._ping_deadline = now + self._options.ping_interval
-            self._rearm()
+            self._timer.arm("ping", now + self._options.ping_interval)
         elif self._retiring:
             pass  # an answer to an initialization we gave up on
-        elif self._init_result is not None or self._phase != "init":
+        elif self._init_settled.is_set() or self._phase != "init":
             raise _wire.FrameError(f"{_wire.NAMES[kind]} after initialization")
         elif kind == Kind.READY:
             if fields[0] != self.pid:
                 raise _wire.FrameError(f"READY from pid {fields[0]}, expected {self.pid}")
-            self._init_result = outcome.Value(None)
+            self._ready = True
             self._init_settled.set()
         else:  # INIT_FAILED
-            self._init_result = outcome.Error(self._start_error(*fields))
+            self._initializer_raised(*fields)
             self._init_settled.set()
 
-    def _start_pings(self) -> None:
-        """Pings begin once the worker is first idle."""
-        self._ping_deadline = trio.current_time() + self._options.ping_interval
-        self._rearm()
-
-    def _rearm(self) -> None:
-        self._watch_scope.deadline = min(
-            self._init_deadline, self._eof_deadline, self._ping_deadline
+    def _initializer_raised(self, type_name: str, message: str, tb: str, data: bytes) -> None:
+        self._end_for(
+            WorkerStartError,
+            f"initializer raised {type_name}: {message}",
+            details={"remote_type": type_name, "remote_traceback": tb},
+            cause=RemoteTraceback(tb),
         )
-
-    def _timer_fired(self) -> None:
-        """Act on whichever deadlines have passed, then re-arm the timer."""
-        opts = self._options
-        now = trio.current_time()
-        if now >= self._init_deadline and not self._init_settled.is_set():
-            self._init_deadline = math.inf
-            self._init_timed_out = True
-            self._set_failure(
-                WorkerStartError,
-                "initializer did not finish in time",
-                setting=f"init_timeout={opts.init_timeout:g}s",
-            )
-            self.kill()
-        if now >= self._eof_deadline:
-            self._eof_deadline = math.inf
-            self._protocol_violation("worker closed its channel but kept running")
-        if now >= self._ping_deadline:
-            self._ping_deadline = self._ping_due()
-        self._rearm()
-
-    def _ping_due(self) -> float:
-        """Send a ping, or give up on the last one; returns the next deadline."""
-        opts = self._options
-        if self._ping_stamp is not None:  # no PONG within ping_timeout
-            self._set_failure(
-                WorkerUnresponsiveError,
-                "worker did not answer a ping",
-                setting=f"ping_timeout={opts.ping_timeout:g}s",
-            )
-            self.kill()
-            return math.inf
-        self._ping_stamp = trio.current_time()
-        # If this cannot go, the worker's control thread is stuck: no answer
-        # comes, and the next deadline gives up on it.
-        self._channel.send_control(_wire.encode(Kind.PING, self._ping_stamp))
-        return self._ping_stamp + opts.ping_timeout
 
     async def _sample_memory_forever(self) -> None:
         from ._memory import sample_memory_mb
@@ -385,13 +528,12 @@ class Worker:
             self.memory_mb, self.memory_metric = sample
             mb, metric = sample
             if opts.memory_limit_mb is not None and mb > opts.memory_limit_mb:
-                err = self._set_failure(
+                self._end_for(
                     MemoryLimitError,
                     f"worker used {mb:.1f} MiB ({metric}), over the limit",
                     setting=f"memory_limit_mb={opts.memory_limit_mb:g}",
+                    details={"measured_mb": mb, "limit_mb": opts.memory_limit_mb, "metric": metric},
                 )
-                if isinstance(err, MemoryLimitError):
-                    err.measured_mb, err.limit_mb, err.metric = mb, opts.memory_limit_mb, metric
                 self.kill()
                 return
             now = trio.current_time()
@@ -407,46 +549,7 @@ class Worker:
                 )
             await trio.sleep(opts.memory_interval)
 
-    # -- internals -----------------------------------------------------------
-
-    def _refuse_job(self) -> NoReturn:
-        if self._phase == "job":
-            raise RuntimeError(f"worker pid={self.pid} is already running a job")
-        if not self.alive and self._failure is None and not self._retiring:
-            raise WorkerCrashedError(
-                "worker died while idle", pid=self.pid, phase="idle", returncode=self._returncode
-            )
-        raise WorkerClosedError(
-            "worker is retired and takes no more jobs",
-            pid=self.pid,
-            phase=self.phase,
-            returncode=self._returncode,
-        )
-
-    def _end_job(self) -> None:
-        max_jobs = self._options.max_jobs
-        if max_jobs is not None and self._jobs_done >= max_jobs:
-            self._retiring = True  # the child exits on its own after its last job
-        if self._phase == "job":
-            self._phase = "shutdown" if self._retiring else "idle"
-
-    async def _abandon_job(self) -> None:
-        """The caller gave up on a running job: stop it, bounded, then reap."""
-        self._retiring = True
-        self._set_failure(WorkerClosedError, "job was cancelled by its caller")
-        with trio.move_on_after(self._options.cancel_grace):
-            self._channel.send_control(_wire.encode(Kind.CANCEL, self._job.id if self._job else 0))
-            await self._exited.wait()
-        await self._kill_and_reap()
-
-    async def _kill_and_reap(self) -> None:
-        if self._exited.is_set():
-            return
-        self.kill()
-        with trio.CancelScope(shield=True), trio.move_on_after(_REAP_DEADLINE):
-            await self._exited.wait()
-        if not self._exited.is_set():
-            logger.error("worker pid=%d was not reaped %gs after SIGKILL", self.pid, _REAP_DEADLINE)
+    # -- what the worker says ------------------------------------------------------
 
     def _send_quietly(self, frame: bytes) -> None:
         """Send, ignoring a channel the child already closed (it is dying)."""
@@ -454,44 +557,6 @@ class Worker:
             self._channel.send_nowait(frame)
         except trio.BrokenResourceError:
             pass
-
-    def _set_failure(
-        self, cls: type[WorkerError], what: str, *, setting: str | None = None
-    ) -> WorkerError:
-        """Record why the worker is going away; the first reason wins."""
-        if self._failure is None:
-            self._failure = cls(what, pid=self.pid, phase=self._phase, setting=setting)
-        return self._failure
-
-    def _protocol_violation(self, what: str) -> None:
-        if not self._exited.is_set():
-            self._set_failure(ProtocolError, f"worker broke the protocol: {what}")
-            logger.error("worker pid=%d broke the protocol (%s); killing it", self.pid, what)
-            self.kill()
-
-    def _settle_on_exit(self) -> None:
-        """The process is reaped: settle whatever still waited on it."""
-        failure = self._failure
-        if failure is not None:
-            failure.returncode = self._returncode
-            failure.args = (failure._message(),)
-        if not self._init_settled.is_set():
-            self._init_settled.set()
-        job = self._job
-        if job is not None and not job.settled:
-            err = failure or WorkerCrashedError(
-                "worker died during a job", pid=self.pid, phase="job", returncode=self._returncode
-            )
-            job.fail(err)
-
-    def _start_error(self, type_name: str, message: str, tb: str, data: bytes) -> WorkerStartError:
-        err = WorkerStartError(
-            f"initializer raised {type_name}: {message}", pid=self.pid, phase="init"
-        )
-        err.remote_type = type_name
-        err.remote_traceback = tb
-        err.__cause__ = RemoteTraceback(tb)
-        return err
 
     def _alloc_result(self, job_id: int, size: int) -> None:
         """The worker asks for shared memory for its job's result (see _shm)."""
@@ -509,7 +574,7 @@ class Worker:
             return
         self._send_quietly(frame)
 
-    def _settle_job(self, job: _PendingJob, kind: int, fields: tuple[Any, ...]) -> None:
+    def _settle_job(self, job: _Job, kind: int, fields: tuple[Any, ...]) -> None:
         if kind != Kind.ERROR:
             try:
                 if kind == Kind.RESULT:
@@ -523,39 +588,99 @@ class Worker:
             return
         job.fail(rebuild_error(*fields[1:]))
 
-    def _log_record(
+
+class _Timer:
+    """The worker's deadlines, all served by one wait (the exit watcher's).
+
+    A deadline is armed while it has a time here; the wait's scope always has
+    the earliest armed time. The deadlines:
+
+    * ``"init"``: ``init_timeout`` from the start of initialization;
+    * ``"eof"``: the grace after EOF for the process to end;
+    * ``"ping"``: send a ping, or, while one is out, give up on it.
+    """
+
+    __slots__ = ("_at", "_scope")
+
+    def __init__(self) -> None:
+        self._at: dict[str, float] = {}
+        self._scope = trio.CancelScope()  # the watcher's current wait
+
+    def arm(self, name: str, at: float) -> None:
+        self._at[name] = at
+        self._scope.deadline = min(self._at.values())
+
+    def disarm(self, name: str) -> None:
+        if self._at.pop(name, None) is not None:
+            self._scope.deadline = min(self._at.values(), default=math.inf)
+
+    def next_wait(self) -> trio.CancelScope:
+        """A fresh scope for the watcher's next wait, due at the earliest deadline."""
+        self._scope = trio.CancelScope(deadline=min(self._at.values(), default=math.inf))
+        return self._scope
+
+    def pop_due(self, now: float) -> tuple[str, ...]:
+        """Disarm and return the deadlines that have passed."""
+        due = tuple(name for name, at in self._at.items() if at <= now)
+        for name in due:
+            del self._at[name]
+        return due
+
+
+class _Reason:
+    """Why the parent ends a worker, recorded when it decides; the error is
+    built from it once, when someone must see it (:meth:`Worker._caller_error`)."""
+
+    __slots__ = ("cause", "cls", "details", "phase", "setting", "what")
+
+    def __init__(
         self,
-        name: str,
-        level: int,
-        message: str,
-        created: float,
-        path: str,
-        line: int,
-        func: str,
-        exc_text: str,
-        extra: str,
+        cls: type[WorkerError],
+        what: str,
+        phase: str,
+        setting: str | None,
+        details: Mapping[str, object],
+        cause: BaseException | None,
     ) -> None:
-        target = logging.getLogger(name)
-        if not target.isEnabledFor(level):
-            return
-        record = target.makeRecord(
-            name,
-            level,
-            path,
-            line,
-            f"[worker pid={self.pid}] {message}",
-            (),
-            None,
-            func,
-            extra=record_extra(extra, worker_pid=self.pid, worker_slot=self.slot),
+        self.cls = cls
+        self.what = what
+        self.phase = phase  # the worker's phase when it was decided
+        self.setting = setting
+        self.details = details  # attributes of that error class (MemoryLimitError.measured_mb...)
+        self.cause = cause
+
+    def build(self, pid: int, returncode: int | None) -> WorkerError:
+        error = self.cls(
+            self.what, pid=pid, phase=self.phase, returncode=returncode, setting=self.setting
         )
-        record.created = created
-        record.process = self.pid
-        record.exc_text = exc_text or None
-        target.handle(record)
+        for name, value in self.details.items():
+            setattr(error, name, value)
+        return error
 
 
-class _PendingJob:
+def _start_error(reason: _Reason | None, pid: int, returncode: int | None) -> WorkerStartError:
+    """A failed start's error: the reason's own when it is one (the
+    initializer raised, or timed out), else one that names the reason (an
+    exit, a protocol error, the memory limit) and has its error as cause."""
+    cause: BaseException | None = None
+    if reason is None:
+        error = WorkerStartError(
+            "worker exited during initialization", pid=pid, phase="init", returncode=returncode
+        )
+    elif reason.cls is WorkerStartError:
+        error = reason.build(pid, returncode)  # type: ignore[assignment]
+        cause = reason.cause
+    else:
+        cause = reason.build(pid, returncode)
+        error = WorkerStartError(
+            reason.what, pid=pid, phase="init", returncode=returncode, setting=reason.setting
+        )
+    error.__cause__ = cause  # as `raise error from cause` would
+    error.__suppress_context__ = True
+    return error
+
+
+class _Job:
     """A job's result, and the one task waiting for it. Lighter than a
     trio.Event: this is every job's round trip."""
 
@@ -565,7 +690,7 @@ class _PendingJob:
         self.id = job_id
         self.settled = False
         self.value: Any = None
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # set: the job's caller gets this
         self._waiter: trio.lowlevel.Task | None = None
 
     def succeed(self, value: Any) -> None:
@@ -575,6 +700,12 @@ class _PendingJob:
     def fail(self, error: BaseException) -> None:
         self.error = error
         self._settle()
+
+    def unwrap(self) -> Any:
+        """The value, or raise the error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
 
     def _settle(self) -> None:
         self.settled = True
@@ -596,6 +727,40 @@ class _PendingJob:
         await trio.lowlevel.wait_task_rescheduled(abort)
 
 
+def _forward_log_record(
+    pid: int,
+    slot: int,
+    name: str,
+    level: int,
+    message: str,
+    created: float,
+    path: str,
+    line: int,
+    func: str,
+    exc_text: str,
+    extra: str,
+) -> None:
+    """Hand a worker's LOG record to the parent's logger of the same name."""
+    target = logging.getLogger(name)
+    if not target.isEnabledFor(level):
+        return
+    record = target.makeRecord(
+        name,
+        level,
+        path,
+        line,
+        f"[worker pid={pid}] {message}",
+        (),
+        None,
+        func,
+        extra=record_extra(extra, worker_pid=pid, worker_slot=slot),
+    )
+    record.created = created
+    record.process = pid
+    record.exc_text = exc_text or None
+    target.handle(record)
+
+
 def _init_frame(options: WorkerOptions, slot: int, spawner: Spawner) -> bytes:
     return _wire.encode(
         Kind.INIT,
@@ -605,7 +770,7 @@ def _init_frame(options: WorkerOptions, slot: int, spawner: Spawner) -> bytes:
         options.max_message_bytes,
         options.shm_min_bytes or 0,
         *startup_fields(
-            name=options.name,
+            name=options.name or "",  # never None: WorkerOptions derives it
             slot=slot,
             env=options.env,
             capture_output=options.capture_output,
@@ -614,110 +779,37 @@ def _init_frame(options: WorkerOptions, slot: int, spawner: Spawner) -> bytes:
     )
 
 
-def _check_platform() -> None:
-    if sys.platform == "win32":
-        raise UnsupportedPlatformError(
-            "procsup supervises POSIX processes (process groups, socketpairs, "
-            "pidfds); Windows is not supported"
-        )
-
-
-def make_spawner(options: WorkerOptions) -> Spawner:
-    """The spawner for ``options.start_method``."""
-    _check_platform()
-    if importing_parent_main():
-        raise RuntimeError(
-            "a worker imported your main module to find a job defined in it, and the "
-            "module started workers while being imported: start them only under "
-            "'if __name__ == \"__main__\":'"
-        )
-    if options.start_method == "forkserver":
-        from ._forkserver import ForkServerSpawner
-
-        return ForkServerSpawner(preload=options.preload)
-    return ExecSpawner()
-
-
-@asynccontextmanager
-async def open_spawner(options: WorkerOptions) -> AsyncIterator[Spawner]:
-    """The spawner for ``options.start_method``, closed (a fork server's
-    template stopped and reaped) when the block exits, however it exits."""
-    spawner = make_spawner(options)
-    try:
-        yield spawner
-    finally:
-        with trio.CancelScope(shield=True):
-            await spawner.aclose()
-
-
 @asynccontextmanager
 async def supervise(
     options: WorkerOptions,
     spawner: Spawner,
-    on_spawn: Callable[[int], object] | None = None,
+    events: WorkerEvents | None = None,
     slot: int = 0,
 ) -> AsyncIterator[Worker]:
     """Start a worker and own it until the block exits; see :func:`open_worker`.
 
-    ``on_spawn(pid)`` is called once the process exists, before it is warm.
-    ``slot`` is the worker's slot in its pool.
+    ``events`` hears of the worker's life (:data:`WorkerEvents`), from
+    ``"start"`` (the process exists, it is not warm yet) on. ``slot`` is the
+    worker's slot in its pool.
     """
     init = _init_frame(options, slot, spawner)
-    parent_sock, child_sock = socket.socketpair()
-    parent_control, child_control = socket.socketpair()
-    # INIT goes in before the process exists, so that it reads it as soon as
-    # it runs: off the path to warm are our handling of the spawn and a
-    # round trip through the event loop.
-    parent_sock.setblocking(False)
-    unsent_init = init[send_some(parent_sock, init) :]
+    channel = ParentChannel(options.max_message_bytes, init)
     try:
-        process = await spawner.spawn(child_sock.fileno(), child_control.fileno())
+        process = await spawner.spawn(*channel.child_fds)
     except BaseException as exc:
-        parent_sock.close()
-        parent_control.close()
+        channel.close()
         if isinstance(exc, OSError):
             raise WorkerStartError(
                 f"could not start a worker process: {exc}", pid=None, phase="init"
             ) from exc
         raise
     finally:
-        child_sock.close()
-        child_control.close()
-    worker = Worker(options, process, parent_sock, parent_control, slot)
-    worker._unsent_init = unsent_init
-    if on_spawn is not None:
-        on_spawn(process.pid)
-    try:
-        with collapse_single_group():
-            async with _worker_tasks(worker, options):
-                yield worker
-    finally:
-        worker._channel.close()
-
-
-@asynccontextmanager
-async def _worker_tasks(worker: Worker, options: WorkerOptions) -> AsyncIterator[None]:
-    """Run the worker's background tasks around initialization and the body.
-
-    A service nursery: the body is cancelled first, so its shielded
-    ``aclose`` still has the reader and the exit watcher working for it.
-    """
-    async with open_service_nursery() as nursery:
-        worker._channel.bind(nursery)
-        nursery.start_soon(worker._watch_exit)
-        nursery.start_soon(worker._read_forever)
-        if options.memory_limit_mb is not None or options.memory_warn_mb is not None:
-            # From spawn: an initializer over the limit is a start failure (with
-            # backoff), not a warm worker killed at once and respawned forever.
-            nursery.start_soon(worker._sample_memory_forever)
-        try:
-            await worker._initialize()
-            worker._start_pings()
-            yield
-        finally:
-            with trio.CancelScope(shield=True):
-                await worker.aclose()
-            nursery.cancel_scope.cancel()
+        channel.child_spawned()
+    worker = Worker._create(options, process, channel, events, slot)
+    if events is not None:
+        events("start", process.pid, None)
+    async with worker._supervised():
+        yield worker
 
 
 @asynccontextmanager
@@ -731,7 +823,15 @@ async def open_worker(
     ping_timeout: float = 10.0,
     memory_warn_mb: float | None = None,
     memory_limit_mb: float | None = None,
-    **options: Any,
+    memory_interval: float = 0.5,
+    cancel_grace: float = 1.0,
+    max_message_bytes: int = 256 * 1024 * 1024,
+    shm_min_bytes: int | None = 128 * 1024,
+    start_method: str = "auto",
+    preload: Sequence[str] = (),
+    name: str | None = None,
+    env: EnvOption = None,
+    capture_output: bool = False,
 ) -> AsyncIterator[Worker]:
     """Start one supervised worker process and yield it once it is warm.
 
@@ -748,12 +848,24 @@ async def open_worker(
         memory_warn_mb: log a (rate-limited) warning above this many MiB.
         memory_limit_mb: kill the worker with :class:`MemoryLimitError`
             above this many MiB.
-        **options: ``memory_interval`` (0.5 s between memory samples),
-            ``cancel_grace`` (1.0 s a cancelled job gets to stop before
-            SIGKILL), ``max_message_bytes`` (256 MiB frame limit),
-            ``start_method`` (``"exec"``, the default here, or
-            ``"forkserver"``; ``$PROCSUP_START_METHOD`` overrides the
-            default), ``preload`` (modules a fork server imports once).
+        memory_interval: seconds between memory samples.
+        cancel_grace: seconds a cancelled job gets to stop before SIGKILL.
+        max_message_bytes: the largest frame either side accepts.
+        shm_min_bytes: a buffer at least this large in a job's arguments or
+            result goes through shared memory; ``None``: never.
+        start_method: ``"exec"`` or ``"forkserver"``; ``"auto"``:
+            ``$PROCSUP_START_METHOD`` if set, else ``"exec"``.
+        preload: modules a fork server imports once (a list of names).
+        name: what ``ps`` and ``top`` show for the worker; ``None``: the
+            initializer's qualified name, else ``""``.
+        env: environment variables to set in the worker before its
+            initializer: a mapping (``None`` removes a variable), or a
+            callable taking the worker's slot and returning one.
+        capture_output: turn each line the worker writes to its stdout or
+            stderr into a log record in the parent.
+
+    The reference's option table gives each default and unit; a test keeps
+    it, this signature and :class:`~procsup._options.WorkerOptions` agreeing.
 
     Raises:
         WorkerStartError: the initializer raised, the worker exited, or
@@ -762,17 +874,6 @@ async def open_worker(
     Leaving the block stops the worker gracefully, then by SIGKILL of its
     process group after ``shutdown_timeout``, and always reaps it.
     """
-    options.setdefault("start_method", default_start_method(pool=False))
-    opts = WorkerOptions(
-        initializer=initializer,
-        init_timeout=init_timeout,
-        max_jobs=max_jobs,
-        shutdown_timeout=shutdown_timeout,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
-        memory_warn_mb=memory_warn_mb,
-        memory_limit_mb=memory_limit_mb,
-        **options,
-    )
+    opts = WorkerOptions.from_arguments(locals(), pool=False)
     async with open_spawner(opts) as spawner, supervise(opts, spawner) as worker:
         yield worker

@@ -1,5 +1,17 @@
-"""One regression test per seed document in shared/seeds/: the five ways a
-voice-agent framework's process pool failed, each impossible here."""
+"""One regression test per seed: the five ways the process pool of a
+voice-agent framework (LiveKit Agents' ProcPool) failed, each impossible
+here. The seeds, as its tracker tells them:
+
+* 000: pull request #1669, "retry proc acquisition when spawns fail";
+* 001: pull request #1768, "make SupervisedProc.initialize() always settle";
+* 002: issue #5868, "jobs stall indefinitely when process initialization
+  times out";
+* 003: pull request #1214 (agents-js), "release initMutex after warming";
+* 004: pull request #1512 (agents-js), "port dynamic load-based idle
+  process scaling".
+
+The same scenarios run in virtual time, without processes, in
+tests/test_pool_logic.py."""
 
 from __future__ import annotations
 

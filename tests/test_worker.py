@@ -234,9 +234,9 @@ async def test_without_a_pidfd_one_thread_watches_the_child(
     # one per child however many pings cut the wait short.
     import threading
 
-    from procsup import _spawn
+    from procsup import _process
 
-    monkeypatch.setattr(_spawn, "_open_pidfd", lambda pid: None)
+    monkeypatch.setattr(_process, "_open_pidfd", lambda pid: None)
     async with procsup.open_worker(
         max_jobs=None, ping_interval=0.02, start_method="exec"
     ) as worker:
