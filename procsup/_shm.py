@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 _ALIGN = 64  # each buffer starts on a cache line (what NumPy aligns to)
+_FIELDS = 256  # a JOB_SHM or RESULT_SHM body's bytes besides the payload and the sizes
 _SIZE = struct.Struct("!Q")
 _names = itertools.count()
 
@@ -175,6 +176,12 @@ def layout(buffers: list[memoryview]) -> tuple[bytes, int]:
     return b"".join(_SIZE.pack(size) for size in sizes), _span(sizes)
 
 
+def _fits(data: bytes, packed: bytes, size: int, limit: int) -> bool:
+    """Whether the frame and the segment together stay within ``limit``
+    (max_message_bytes bounds what one job moves, however it travels)."""
+    return len(data) + len(packed) + _FIELDS + size <= limit
+
+
 def _sizes(packed: bytes) -> list[int]:
     if len(packed) % _SIZE.size:
         raise ValueError("malformed buffer sizes")
@@ -265,7 +272,7 @@ def result_frame(
     except BaseException:  # noqa: BLE001 -- the in-band path reports it (SystemExit too)
         return None
     packed, size = layout(buffers)
-    if not buffers or len(data) + size > limit:
+    if not buffers or not _fits(data, packed, size, limit):
         return None
     send(encode(Kind.ALLOC, job_id, size))
     kind, fields = next_order()
@@ -332,7 +339,7 @@ class Transfers:
         except Exception:  # noqa: BLE001 -- the in-band path reports it
             return None
         packed, size = layout(buffers)
-        if not buffers or len(data) + size > self._limit:
+        if not buffers or not _fits(data, packed, size, self._limit):
             return None  # in band: the limit is reported there
         segment = self._new_segment(size)
         try:
