@@ -28,6 +28,7 @@ Ownership and waking, by construction:
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
 import logging
 import math
@@ -168,7 +169,10 @@ class Pool(metaclass=NoPublicConstructor):
         self._closed = False  # set once, by _close: nothing starts, every acquirer leaves
         # -- the registry: every child, by start number
         self._members: dict[int, _Member] = {}
-        self._slots: set[int] = set()  # the members' slots (procsup.worker_slot)
+        # The members' slots (procsup.worker_slot): every slot below
+        # _next_slot that no member holds is in _free_slots, a heap.
+        self._free_slots: list[int] = []
+        self._next_slot = 0
         self._counts: Counter[str] = Counter()  # members by state, GONE not counted
         self._seq = itertools.count(1)
         # -- starts
@@ -467,8 +471,7 @@ class Pool(metaclass=NoPublicConstructor):
             self._start_one()
 
     def _start_one(self) -> None:
-        slot = next(i for i in itertools.count() if i not in self._slots)  # the lowest free
-        self._slots.add(slot)
+        slot = self._take_slot()
         member = _Member(next(self._seq), slot)
         self._members[member.seq] = member
         self._in_flight.add(member.seq)
@@ -476,6 +479,13 @@ class Pool(metaclass=NoPublicConstructor):
         self._notify_changed()
         self._start_slots.request(member.seq)
         self._nursery.start_soon(self._lifetime, member, name=f"procsup-worker-{member.seq}")
+
+    def _take_slot(self) -> int:
+        """The lowest slot no member holds (O(log workers), not a scan)."""
+        if self._free_slots:
+            return heapq.heappop(self._free_slots)
+        self._next_slot += 1
+        return self._next_slot - 1
 
     async def _lifetime(self, member: _Member) -> None:
         """Own one child from spawn to reap."""
@@ -518,7 +528,7 @@ class Pool(metaclass=NoPublicConstructor):
         self._in_flight.discard(member.seq)
         self._set_state(member, GONE)
         del self._members[member.seq]
-        self._slots.discard(member.slot)
+        heapq.heappush(self._free_slots, member.slot)
         worker = member.worker
         if worker is not None:
             self._events.emit("exited", worker.pid, returncode=worker.returncode)
