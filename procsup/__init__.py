@@ -23,6 +23,7 @@ _EXPORTS = {
     "worker_state": "procsup._child",
     "worker_slot": "procsup._child",
     "in_worker": "procsup._child",
+    "worker_nursery": "procsup._child_loop",
     # the pool layer
     "open_pool": "procsup._pool",
     "Pool": "procsup._pool",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from ._child import in_worker as in_worker
     from ._child import worker_slot as worker_slot
     from ._child import worker_state as worker_state
+    from ._child_loop import worker_nursery as worker_nursery
     from ._errors import DescriptorLimitError as DescriptorLimitError
     from ._errors import MemoryLimitError as MemoryLimitError
     from ._errors import NoWorkerAvailableError as NoWorkerAvailableError

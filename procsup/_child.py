@@ -2,7 +2,8 @@
 
 Standard library only, and as little of it as possible: ``pickle``,
 ``traceback`` and ``logging`` are imported when first needed, and ``trio``
-only when a job or initializer is async. Three threads:
+only when a job or initializer is async (or, with ``worker_loop``, the loop's
+library, by :mod:`procsup._child_loop`). Three threads:
 
 * the main thread reads its orders (INIT, JOB, STOP) from the jobs socket
   itself, and runs the initializer and the jobs, one at a time;
@@ -40,8 +41,8 @@ from ._wire import (
 
 TYPE_CHECKING = False  # not typing's: importing typing would cost every worker's start
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any, NoReturn
+    from collections.abc import Callable, Coroutine
+    from typing import Any, NoReturn, TypeGuard
 
 __all__ = [
     "has_large_buffer",
@@ -60,7 +61,7 @@ _LANDING_BYTES = 4096
 _NO_STATE = object()
 _state: object = _NO_STATE
 _slot: int | None = None  # set from INIT
-_canceller: Callable[[], None] | None = None
+_canceller: Callable[[int], None] | None = None  # called with the id of the job to stop
 _cancel_requested = False
 _shm_min_bytes = 0  # from INIT: a result's buffers this large go through shared memory (0: never)
 
@@ -372,14 +373,16 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     kind, fields = _next_order(orders)
     if kind != Kind.INIT:
         return 0
-    payload, max_jobs, log_level, max_frame, _shm_min_bytes, *startup = fields
+    payload, max_jobs, log_level, max_frame, _shm_min_bytes, worker_loop, *startup = fields
     channel.max_frame = max_frame
     _start_up(channel, *startup)
     _set_log_level(log_level)
+    if worker_loop:
+        from ._child_loop import serve
+
+        return serve(worker_loop, channel, orders, payload, max_jobs)
     try:
-        initializer = _loads(payload) if payload else None
-        if isinstance(initializer, str):
-            initializer = _resolve(initializer)
+        initializer = _initializer(payload)
         state = _call(initializer) if initializer is not None else None
     except _Interrupted:
         raise
@@ -390,16 +393,23 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     channel.send(encode(Kind.READY, os.getpid()))
     done = 0
     while not max_jobs or done < max_jobs:
-        kind, fields = _next_order(orders)
-        if kind == Kind.JOB_SHM:  # large buffers in shared memory
-            from . import _shm
-
-            fields = (fields[0], _shm.job_loader(*fields[1:]))
-        elif kind != Kind.JOB:
+        job = job_order(*_next_order(orders))
+        if job is None:
             return 0  # STOP
-        _run_job(channel, *fields)
+        _run_job(channel, *job)
         done += 1
     return 0
+
+
+def job_order(kind: int, fields: tuple[Any, ...]) -> tuple[int, Any] | None:
+    """A JOB or JOB_SHM order as (job id, payload or its loader); None for STOP."""
+    if kind == Kind.JOB_SHM:  # large buffers in shared memory
+        from . import _shm
+
+        return fields[0], _shm.job_loader(*fields[1:])
+    if kind != Kind.JOB:
+        return None
+    return fields[0], fields[1]
 
 
 def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
@@ -462,11 +472,24 @@ def _error_frame(
     return encode(Kind.ERROR, job_id, *_describe(exc, room=room, with_traceback=with_traceback))
 
 
+def _initializer(payload: bytes) -> Callable[[], Any] | None:
+    initializer = _loads(payload) if payload else None
+    if isinstance(initializer, str):
+        initializer = _resolve(initializer)
+    return initializer
+
+
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
     result = fn(*args)
-    if type(result).__name__ == "coroutine" and hasattr(result, "__await__"):
+    if is_coroutine(result):
         return _run_coroutine(result)
     return result
+
+
+def is_coroutine(obj: object) -> TypeGuard[Coroutine[Any, Any, Any]]:
+    """True for what calling an ``async def`` function returns (without
+    importing inspect)."""
+    return type(obj).__name__ == "coroutine" and hasattr(obj, "__await__")
 
 
 def _run_coroutine(coro: Any) -> Any:
@@ -478,7 +501,7 @@ def _run_coroutine(coro: Any) -> Any:
         global _canceller
         token = trio.lowlevel.current_trio_token()
         with trio.CancelScope() as scope:
-            _canceller = lambda: token.run_sync_soon(scope.cancel)  # noqa: E731
+            _canceller = lambda job_id: token.run_sync_soon(scope.cancel)  # noqa: E731
             return await coro
         raise _Interrupted
 
@@ -673,7 +696,7 @@ def _control_forever(channel: _Channel, control_fd: int) -> None:
             if kind == Kind.PING:
                 channel.send_urgent(encode(Kind.PONG, *fields))
             else:  # CANCEL
-                _request_cancel()
+                _request_cancel(*fields)
     except BaseException:  # noqa: BLE001 -- any failure here means the parent is gone
         pass
     _orphaned()
@@ -686,18 +709,18 @@ def _orphaned() -> NoReturn:
     os._exit(70)
 
 
-def _request_cancel() -> None:
+def _request_cancel(job_id: int) -> None:
     global _cancel_requested
     _cancel_requested = True
     canceller = _canceller
     if canceller is not None:
         try:
-            canceller()
+            canceller(job_id)
         except Exception:  # noqa: BLE001 -- the job finished meanwhile
             pass
 
 
-def _interrupt_main() -> None:
+def _interrupt_main(job_id: int = 0) -> None:
     # A real signal, so a blocking sleep or read in the job is interrupted too.
     signal.pthread_kill(_main_thread, signal.SIGTERM)
 

@@ -33,6 +33,7 @@ OptionsT = TypeVar("OptionsT", bound=attrs.AttrsInstance)
 START_METHODS = ("exec", "forkserver")
 # "auto": default_start_method() chooses, when the worker or pool opens.
 _START_METHOD_CHOICES = ("auto", *START_METHODS)
+WORKER_LOOPS = ("asyncio", "uvloop", "trio")
 START_METHOD_ENV = "PROCSUP_START_METHOD"
 
 
@@ -128,6 +129,21 @@ def check_initializer(initializer: object) -> bytes:
     return payload
 
 
+def _loop_name(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator for ``worker_loop``: None, or one of WORKER_LOOPS whose
+    library is installed (looked up, not imported)."""
+    if value is None:
+        return
+    if value not in WORKER_LOOPS:
+        raise ValueError(f"worker_loop must be None or one of {WORKER_LOOPS}, got {value!r}")
+    if value == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ModuleNotFoundError(
+            "worker_loop='uvloop' needs uvloop, which is not installed: "
+            "pip install 'procsup[uvloop]' (or use worker_loop='asyncio')",
+            name="uvloop",
+        )
+
+
 def _module_names(value: object) -> tuple[str, ...]:
     """attrs converter for ``preload``: a list of module names, not one string
     (which ``tuple()`` would split into one-letter "modules")."""
@@ -176,6 +192,7 @@ class WorkerOptions:
     )
     env: EnvOption = attrs.field(default=None, validator=check_env)
     capture_output: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    worker_loop: str | None = attrs.field(default=None, validator=_loop_name)
     initializer_payload: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:

@@ -632,6 +632,7 @@ async def open_pool(
     name: str | None = None,
     env: EnvOption = None,
     capture_output: bool = False,
+    worker_loop: str | None = None,
 ) -> AsyncIterator[Pool]:
     """Open a pool that keeps ``idle`` workers warm; returns at once.
 
@@ -662,8 +663,8 @@ async def open_pool(
     The other worker options (``max_jobs``, ``shutdown_timeout``,
     ``ping_interval``, ``ping_timeout``, ``memory_warn_mb``,
     ``memory_limit_mb``, ``memory_interval``, ``cancel_grace``,
-    ``max_message_bytes``, ``shm_min_bytes``, ``preload``, ``name``, ``capture_output``) are
-    as for :func:`open_worker`, and apply to every worker; so does ``env``,
+    ``max_message_bytes``, ``shm_min_bytes``, ``preload``, ``name``, ``capture_output``,
+    ``worker_loop``) are as for :func:`open_worker`, and apply to every worker; so does ``env``,
     whose callable form is given each worker's slot.
 
     The reference's option tables give each default and unit; a test keeps

@@ -71,14 +71,16 @@ class Kind:
     LOG = 25
     ALLOC = 26
     RESULT_SHM = 27
+    RETIRE = 28
 
 
 # i: int64, f: float64, s: UTF-8 string, b: bytes
 SCHEMAS: Final[dict[int, str]] = {
     # initializer payload, max_jobs (0 = no limit), log level, max frame,
-    # shm_min_bytes (0 = never), then the start-up fields (procsup._startup):
-    # slot, ps title, top name, env updates, logger levels, capture flag
-    Kind.INIT: "biiiiissbsi",
+    # shm_min_bytes (0 = never), worker_loop ("" = none: a fresh trio.run per
+    # async call), then the start-up fields (procsup._startup): slot, ps title,
+    # top name, env updates, logger levels, capture flag
+    Kind.INIT: "biiiisissbsi",
     Kind.JOB: "ib",  # job id, payload (callable and arguments)
     # job id, parent pid, segment fd and name, buffer sizes, payload (see _shm)
     Kind.JOB_SHM: "iiisbb",
@@ -95,6 +97,7 @@ SCHEMAS: Final[dict[int, str]] = {
     Kind.LOG: "sisfsisss",
     Kind.ALLOC: "ii",  # job id, bytes: a segment for the job's result, please
     Kind.RESULT_SHM: "ibb",  # job id, result payload, buffer sizes (in the ALLOC segment)
+    Kind.RETIRE: "s",  # why the worker asks to be stopped (a background task failed)
 }
 
 # The parent writes INIT, JOB (JOB_SHM, SHM) and STOP on the jobs socket, which the worker's

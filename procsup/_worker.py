@@ -170,12 +170,15 @@ class Worker(metaclass=NoPublicConstructor):
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in the worker and return its result.
 
-        ``fn`` may be sync or async (async runs under trio in the worker).
+        ``fn`` may be sync or async: async runs under trio in the worker,
+        or on the worker's own loop when ``worker_loop`` is set.
         An exception from the job re-raises here as the same type when it is
         an ``Exception`` that pickles (else :class:`RemoteError`), with the
         worker's traceback as ``__cause__``. Cancelling this call stops the job: the worker is
         asked to stop, killed after ``cancel_grace`` seconds, and reaped
-        before the cancellation propagates; the worker is then retired.
+        before the cancellation propagates; the worker is then retired --
+        except on a ``worker_loop`` worker whose job answers the cancel
+        within ``cancel_grace``, which stays warm.
 
         Raises:
             SerializationError: ``fn`` or ``args`` do not pickle (nothing was
@@ -270,7 +273,7 @@ class Worker(metaclass=NoPublicConstructor):
         except BaseException:
             if not job.settled:
                 with trio.CancelScope(shield=True):
-                    await self._abandon_job()
+                    await self._abandon_job(job)
             raise
         finally:
             self._shm.release()
@@ -311,14 +314,26 @@ class Worker(metaclass=NoPublicConstructor):
         if self._phase == "job":
             self._enter("shutdown" if self._retiring else "idle")
 
-    async def _abandon_job(self) -> None:
-        """The caller gave up on a running job: stop it, bounded, then reap."""
+    async def _abandon_job(self, job: _Job) -> None:
+        """The caller gave up on a running job: stop it, bounded, then reap.
+        A worker with its own event loop stays when the job answers within
+        ``cancel_grace`` (it honoured the cancel): its loop's state is intact."""
+        reusable = self._options.worker_loop is not None
+        if not reusable:
+            self._retire_cancelled()
+        with trio.move_on_after(self._options.cancel_grace):
+            self._channel.send_control(_wire.encode(Kind.CANCEL, job.id))
+            if reusable:
+                await job.wait()  # an answer, or the exit
+                if self.alive:
+                    return
+            await self._exited.wait()
+        self._retire_cancelled()
+        await self._kill_and_reap()
+
+    def _retire_cancelled(self) -> None:
         self._retiring = True
         self._end_for(WorkerClosedError, "job was cancelled by its caller")
-        with trio.move_on_after(self._options.cancel_grace):
-            self._channel.send_control(_wire.encode(Kind.CANCEL, self._job.id if self._job else 0))
-            await self._exited.wait()
-        await self._kill_and_reap()
 
     # -- the phase and the end -------------------------------------------------
 
@@ -488,6 +503,12 @@ class Worker(metaclass=NoPublicConstructor):
             _forward_log_record(self.pid, self.slot, *fields)
         elif kind == Kind.ALLOC:
             self._alloc_result(*fields)
+        elif kind == Kind.RETIRE:  # a background task failed (the worker logged how)
+            logger.warning("worker pid=%d retires: %s", self.pid, fields[0])
+            self._retiring = True
+            if self._phase == "idle":
+                self._enter("shutdown")
+            self._send_quietly(_wire.encode(Kind.STOP))  # read after the job it runs, if any
         elif kind == Kind.PONG:
             if fields[0] != self._ping_stamp:
                 raise _wire.FrameError("PONG does not echo the outstanding ping")
@@ -769,6 +790,7 @@ def _init_frame(options: WorkerOptions, slot: int, spawner: Spawner) -> bytes:
         logging.getLogger().getEffectiveLevel(),
         options.max_message_bytes,
         options.shm_min_bytes or 0,
+        options.worker_loop or "",
         *startup_fields(
             name=options.name or "",  # never None: WorkerOptions derives it
             slot=slot,
@@ -832,6 +854,7 @@ async def open_worker(
     name: str | None = None,
     env: EnvOption = None,
     capture_output: bool = False,
+    worker_loop: str | None = None,
 ) -> AsyncIterator[Worker]:
     """Start one supervised worker process and yield it once it is warm.
 
@@ -863,6 +886,10 @@ async def open_worker(
             callable taking the worker's slot and returning one.
         capture_output: turn each line the worker writes to its stdout or
             stderr into a log record in the parent.
+        worker_loop: ``None``: an async job or initializer runs under a
+            fresh ``trio.run`` per call; ``"asyncio"``, ``"uvloop"`` or
+            ``"trio"``: one event loop for the worker's whole life, on which
+            the initializer and every job run (see :ref:`async-jobs`).
 
     The reference's option table gives each default and unit; a test keeps
     it, this signature and :class:`~procsup._options.WorkerOptions` agreeing.

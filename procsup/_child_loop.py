@@ -1,0 +1,391 @@
+"""A worker's own event loop: ``worker_loop="asyncio"``, ``"uvloop"`` or ``"trio"``.
+
+Child side, standard library only: :mod:`procsup._child` imports this module
+only when INIT asks for a loop, and it imports only that loop's library. One
+loop runs from before the initializer to after the last job, in the main
+thread:
+
+* the main task runs the initializer, then reads its orders (JOB, STOP)
+  from the jobs socket when the loop says it is readable, and runs each job
+  to its end before it reads the next: jobs run one at a time, on the loop
+  where the initializer's objects and tasks live;
+* a CANCEL (passed on by the control thread) cancels the running job's task
+  or scope, if that job is still the one the parent meant; the job's answer
+  then tells the parent that the worker is still usable. A sync job is
+  interrupted by a signal, as on a worker without a loop, and the worker
+  exits;
+* a background task that raises is logged and retires the worker: it asks
+  the parent (RETIRE), which sends STOP; jobs already sent still run;
+* STOP or the last of ``max_jobs`` ends the main task; the loop's own
+  shutdown (cancel what still runs, finalise async generators, close) runs
+  before the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import _child
+from ._child import _Interrupted
+from ._wire import Kind, encode
+
+TYPE_CHECKING = False  # not typing's: see _child
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from typing import Any, Protocol
+
+    from ._child import _Channel, _FrameReader
+
+    _AsyncFn = Callable[..., Awaitable[Any]]
+
+    class _Loop(Protocol):
+        async def wait_readable(self, fd: int) -> None: ...
+        async def run_job(self, coro: Any) -> Any: ...
+        def cancel_soon(self, job_id: int) -> None: ...  # from another thread
+        def after_init(self) -> None: ...
+
+
+__all__ = ["serve", "worker_nursery"]
+
+
+def serve(name: str, channel: _Channel, orders: _FrameReader, payload: bytes, max_jobs: int) -> int:
+    """A worker's life on a ``name`` loop (one of ``WORKER_LOOPS``, checked
+    by the parent); returns its exit code."""
+    life = _Life(channel, orders, payload, max_jobs)
+    try:
+        if name == "trio":
+            return _run_trio(life)
+        return _run_asyncio(life, uvloop=name == "uvloop")
+    except _StartFailed as failed:
+        channel.send(encode(Kind.INIT_FAILED, *_child._describe(failed.error)))
+        return 1
+
+
+class _StartFailed(Exception):
+    """The loop could not start (its library does not import)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _Cancelled(Exception):
+    """The answer of a job that honoured a cancel request."""
+
+
+class _Life:
+    """The initializer and the jobs, on whichever loop; the loop's parts come
+    from ``loop`` (see :class:`_Loop`)."""
+
+    def __init__(self, channel: _Channel, orders: _FrameReader, payload: bytes, max_jobs: int):
+        self.channel = channel
+        self.orders = orders
+        self.payload = payload
+        self.max_jobs = max_jobs
+        self.loop: _Loop | None = None
+        # Read by the control thread: the job running now (0: none), and
+        # whether it is in its sync part (interrupted by a signal, not by the loop).
+        self.running = 0
+        self.in_sync_call = False
+        self.ready = False  # READY sent
+        self.stopping = False  # the main task is done: the loop shuts down
+        self.retiring = False  # a background task failed (RETIRE sent, or init fails)
+        self.init_error: BaseException | None = None
+
+    async def run(self, loop: _Loop) -> int:
+        self.loop = loop
+        try:
+            if not await self._initialize(loop):
+                return 1
+            _child._canceller = self.cancel
+            done = 0
+            while not self.max_jobs or done < self.max_jobs:
+                job = _child.job_order(*await self._next_order(loop))
+                if job is None:
+                    return 0  # STOP
+                await self._job(loop, *job)
+                done += 1
+            return 0
+        finally:
+            _child._canceller = None
+            self.stopping = True
+
+    async def _initialize(self, loop: _Loop) -> bool:
+        try:
+            initializer = _child._initializer(self.payload)
+            state = initializer() if initializer is not None else None
+            if _child.is_coroutine(state):
+                state = await state  # in the main task: its context is the jobs' too
+            loop.after_init()
+            if self.init_error is not None:
+                raise self.init_error
+        except _Interrupted:
+            raise
+        except BaseException as exc:  # noqa: BLE001 -- SystemExit in an initializer is a failure too
+            self.channel.send(encode(Kind.INIT_FAILED, *_child._describe(exc)))
+            return False
+        _child._state = state
+        self.ready = True
+        self.channel.send(encode(Kind.READY, os.getpid()))
+        return True
+
+    async def _next_order(self, loop: _Loop) -> tuple[int, tuple[Any, ...]]:
+        # A frame already buffered (STOP behind the last JOB) makes no wakeup.
+        if not self.orders._buffer:
+            await loop.wait_readable(self.orders._fd)
+        return _child._next_order(self.orders)  # reads only what has arrived
+
+    async def _job(self, loop: _Loop, job_id: int, payload: bytes | Callable[[], Any]) -> None:
+        channel = self.channel
+        try:
+            fn, args = _child._loads(payload)
+            self.running = job_id
+            try:
+                result = await self._call(loop, fn, *args)
+            finally:
+                self.running = 0
+        except (_Interrupted, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 -- the job's error goes to its caller
+            channel.send(encode(Kind.ERROR, job_id, *_child._describe(exc)))
+            return
+        channel.send(_child._result_frame(channel, job_id, result))
+
+    async def _call(self, loop: _Loop, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``: its sync part in this thread, a coroutine it returns
+        as a task of the loop."""
+        self.in_sync_call = True
+        try:
+            result = fn(*args)
+        finally:
+            self.in_sync_call = False
+        if _child.is_coroutine(result):
+            return await loop.run_job(result)
+        return result
+
+    def cancel(self, job_id: int) -> None:
+        """Stop job ``job_id`` if it is still running (control thread)."""
+        if job_id != self.running or self.loop is None:
+            return
+        if self.in_sync_call:
+            _child._interrupt_main()
+        else:
+            self.loop.cancel_soon(job_id)
+
+    def background_failed(self, what: str, error: BaseException) -> None:
+        """A background task raised (loop thread): log it, and retire."""
+        import logging
+
+        retire = not (self.retiring or self.stopping)
+        logging.getLogger("procsup.worker").error(
+            "%s raised %s%s",
+            what,
+            type(error).__name__,
+            "; the worker retires" if retire else "",
+            exc_info=error,
+        )
+        if not retire:
+            return
+        self.retiring = True
+        if self.ready:
+            self.channel.send(encode(Kind.RETIRE, f"{what} raised {_child._type_name(error)}"))
+        else:  # the initializer fails with it
+            self.init_error = error
+
+
+# -- asyncio and uvloop ------------------------------------------------------------
+
+
+def _run_asyncio(life: _Life, *, uvloop: bool) -> int:
+    try:
+        import asyncio
+
+        factory = None
+        if uvloop:
+            import uvloop as uvloop_module
+
+            factory = uvloop_module.new_event_loop
+    except ImportError as exc:
+        raise _StartFailed(exc) from None
+    with asyncio.Runner(loop_factory=factory) as runner:  # closing it is the loop's shutdown
+        loop = _AsyncioLoop(asyncio, runner.get_loop(), life)
+        return runner.run(life.run(loop))
+
+
+class _AsyncioLoop:
+    """The asyncio (or uvloop) parts of a worker's life.
+
+    Background tasks: those the initializer leaves running. One that raises
+    goes to the loop's exception handler, as does every unretrieved task
+    exception; procsup's handler retires the worker for those. An initializer
+    that sets its own handler decides for itself.
+    """
+
+    def __init__(self, asyncio: Any, loop: Any, life: _Life) -> None:
+        self._asyncio = asyncio
+        self._loop = loop
+        self._life = life
+        self._job_task: Any = None
+        self._background: set[Any] = set()  # held here: the loop holds tasks weakly
+        loop.set_exception_handler(self._on_error)
+
+    async def wait_readable(self, fd: int) -> None:
+        loop = self._loop
+        ready = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+    async def run_job(self, coro: Awaitable[Any]) -> Any:
+        self._job_task = task = self._loop.create_task(coro)
+        try:
+            return await task
+        finally:
+            self._job_task = None
+
+    def cancel_soon(self, job_id: int) -> None:
+        self._loop.call_soon_threadsafe(self._cancel, job_id)
+
+    def _cancel(self, job_id: int) -> None:
+        if self._life.running == job_id and self._job_task is not None:
+            self._job_task.cancel()
+
+    def after_init(self) -> None:
+        for task in self._asyncio.all_tasks(self._loop) - {self._asyncio.current_task()}:
+            self._background.add(task)
+            task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: Any) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"background task {task.get_name()!r}",
+                    "exception": task.exception(),
+                    "task": task,
+                }
+            )
+
+    def _on_error(self, loop: Any, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if isinstance(error, Exception) and ("task" in context or "future" in context):
+            self._life.background_failed(context["message"], error)
+        else:
+            loop.default_exception_handler(context)
+
+
+# -- trio ----------------------------------------------------------------------------
+
+_nursery: _WorkerNursery | None = None
+
+
+def worker_nursery() -> _WorkerNursery:
+    """The nursery of a ``worker_loop="trio"`` worker, for background tasks.
+
+    Tasks started in it (``start_soon``, ``start``, as on a trio nursery)
+    keep running between jobs. One that raises is logged and retires the
+    worker (the running job finishes; the pool starts a replacement). At
+    shutdown they are cancelled.
+
+    Raises:
+        RuntimeError: outside a worker with ``worker_loop="trio"``.
+    """
+    if _nursery is None:
+        raise RuntimeError(
+            "procsup.worker_nursery() is only available in a worker with "
+            "worker_loop='trio'; on an asyncio worker use asyncio.create_task()"
+        )
+    return _nursery
+
+
+class _WorkerNursery:
+    """What :func:`worker_nursery` returns: a trio nursery in which a task
+    that raises retires the worker instead of cancelling the running job."""
+
+    def __init__(self, nursery: Any, life: _Life) -> None:
+        self._nursery = nursery
+        self._life = life
+
+    def start_soon(self, fn: _AsyncFn, *args: Any, name: object = None) -> None:
+        """Start ``fn(*args)`` in the background."""
+        self._nursery.start_soon(self._guard, fn, args, name=name or fn)
+
+    async def start(self, fn: _AsyncFn, *args: Any, name: object = None) -> Any:
+        """Start ``fn(*args, task_status=...)`` and wait until it reports started."""
+        return await self._nursery.start(self._guard, fn, args, name=name or fn)
+
+    async def _guard(self, fn: Callable[..., Awaitable[Any]], args: Any, **status: Any) -> None:
+        try:
+            await fn(*args, **status)
+        except Exception as exc:  # noqa: BLE001 -- logged, and the worker retires
+            name = getattr(fn, "__qualname__", repr(fn))
+            self._life.background_failed(f"background task {name!r}", exc)
+
+
+def _run_trio(life: _Life) -> int:
+    global _nursery
+    try:
+        import trio
+    except ImportError as exc:
+        raise _StartFailed(exc) from None
+
+    async def main() -> int:
+        global _nursery
+        async with trio.open_nursery() as nursery:
+            _nursery = _WorkerNursery(nursery, life)
+            try:
+                return await life.run(_TrioLoop(trio, life))
+            finally:
+                nursery.cancel_scope.cancel()  # the background tasks' shutdown
+
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:  # the nursery's: what ended the worker
+        raise _sole(group) from None
+    finally:
+        _nursery = None
+
+
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
+
+
+class _TrioLoop:
+    """The trio parts of a worker's life."""
+
+    def __init__(self, trio: Any, life: _Life) -> None:
+        self._trio = trio
+        self._life = life
+        self._token = trio.lowlevel.current_trio_token()
+        self._scope: Any = None
+
+    async def wait_readable(self, fd: int) -> None:
+        await self._trio.lowlevel.wait_readable(fd)
+
+    async def run_job(self, coro: Awaitable[Any]) -> Any:
+        with self._trio.CancelScope() as scope:
+            self._scope = scope
+            try:
+                return await coro
+            finally:
+                self._scope = None
+        raise _Cancelled("the job was cancelled")
+
+    def cancel_soon(self, job_id: int) -> None:
+        self._token.run_sync_soon(self._cancel, job_id)
+
+    def _cancel(self, job_id: int) -> None:
+        if self._life.running == job_id and self._scope is not None:
+            self._scope.cancel()
+
+    def after_init(self) -> None:
+        pass
