@@ -174,7 +174,17 @@ async def trio_crashing_init() -> str:
     return "holding crasher"
 
 
-# -- shutdown: a background task's `finally` writes a file
+async def trio_crashing_init_at_once() -> None:
+    import trio
+
+    async def crasher() -> None:
+        raise ValueError("background boom")
+
+    procsup.worker_nursery().start_soon(crasher)
+    await trio.sleep(0.1)
+
+
+# -- shutdown: a background task's `finally` writes a file named after the pid, in `path`
 
 
 async def asyncio_finally_init(path: str) -> str:
@@ -184,7 +194,8 @@ async def asyncio_finally_init(path: str) -> str:
         try:
             await asyncio.Event().wait()
         finally:
-            Path(path).write_text(f"finally ran in {os.getpid()}")
+            # sync: a cancelled task may not await here
+            Path(path, str(os.getpid())).write_text("finally ran")  # noqa: ASYNC240
 
     started = asyncio.Event()
 
@@ -204,7 +215,8 @@ async def trio_finally_init(path: str) -> str:
         try:
             await trio.sleep_forever()
         finally:
-            Path(path).write_text(f"finally ran in {os.getpid()}")
+            # sync: a cancelled task may not await here
+            Path(path, str(os.getpid())).write_text("finally ran")  # noqa: ASYNC240
 
     procsup.worker_nursery().start_soon(hold)
     return "holding"
