@@ -29,6 +29,7 @@ import trio
 from . import __version__
 from ._console import Display, Tally, open_display, run_job
 from ._errors import NoWorkerAvailableError, WorkerError, WorkerStartError
+from ._options import WORKER_LOOPS, WorkerOptions
 
 __all__ = ["count_records", "error_fields", "load_callable", "main"]
 
@@ -146,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="kill a worker using more than N MiB; its job fails with MemoryLimitError",
+    )
+    run.add_argument(
+        "--worker-loop",
+        choices=WORKER_LOOPS,
+        default=None,
+        help="one event loop of this kind per worker, from --init to its last job "
+        "(default: none; an async FUNC runs under a fresh trio.run per call)",
     )
     run.add_argument(
         "-i",
@@ -294,6 +302,11 @@ class _RunConfig:
         self.timeout: float | None = args.timeout
         self.max_jobs: int | None = args.max_jobs_per_worker
         self.memory_limit_mb: float | None = args.memory_limit_mb
+        self.worker_loop: str | None = args.worker_loop
+        try:
+            WorkerOptions(worker_loop=self.worker_loop)
+        except ModuleNotFoundError as exc:  # uvloop is not installed
+            raise UsageError(f"--worker-loop {self.worker_loop}: {exc}") from None
         self.quiet: bool = args.quiet
         _make_cwd_importable()
         self.fn = load_callable(args.func, "MODULE:FUNC")
@@ -400,6 +413,7 @@ class _Run:
             max_workers=cfg.concurrency,
             max_jobs=cfg.max_jobs,
             memory_limit_mb=cfg.memory_limit_mb,
+            worker_loop=cfg.worker_loop,
         ) as pool:
             try:
                 async with pool.acquire():

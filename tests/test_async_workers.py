@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -266,3 +268,71 @@ async def test_the_worker_imports_only_the_loop_it_asked_for(
         loaded = set(await worker.run(helpers.modules_loaded))
     assert not absent & loaded
     assert "procsup._child_loop" in loaded if loop else "procsup._child_loop" not in loaded
+
+
+# -- the command line
+
+CLI_JOBS = """
+import asyncio
+
+import procsup
+
+
+async def open_client():
+    return {"session": asyncio.Event(), "loop": id(asyncio.get_running_loop())}
+
+
+async def work(x):
+    await asyncio.sleep(0.001)
+    state = procsup.worker_state()
+    return [x * 2, state["loop"] == id(asyncio.get_running_loop())]
+"""
+
+
+PROCSUP_RUN = [sys.executable, "-m", "procsup", "run", "clijobs_async:work", "--concurrency", "2"]
+
+
+@pytest.mark.parametrize("loop", ASYNCIO_LOOPS)
+def test_procsup_run_with_worker_loop(loop: str, tmp_path: Path) -> None:
+    (tmp_path / "clijobs_async.py").write_text(CLI_JOBS)
+    done = subprocess.run(
+        [*PROCSUP_RUN, "--init", "clijobs_async:open_client", "--worker-loop", loop],
+        cwd=tmp_path,
+        input="1\n2\n3\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = [json.loads(line) for line in done.stdout.splitlines()]
+    # the job ran on the loop the initializer ran on
+    assert [r["result"] for r in out] == [[2, True], [4, True], [6, True]]
+
+
+def test_procsup_run_worker_loop_uvloop_missing_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "clijobs_async.py").write_text(CLI_JOBS)
+    done = subprocess.run(
+        [sys.executable, "-c", HIDE_UVLOOP, "run", "clijobs_async:work", "--worker-loop", "uvloop"],
+        cwd=tmp_path,
+        input="1\n",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'procsup[uvloop]'" in done.stderr
+    assert done.stdout == ""
+
+
+# The command, in a process where uvloop cannot be found (installed or not).
+HIDE_UVLOOP = """
+import sys
+sys.modules["uvloop"] = None
+sys.argv[0] = "procsup"
+from procsup._cli import main
+sys.exit(main())
+"""
