@@ -13,7 +13,9 @@ import sys
 
 from support import ROOT
 
-CHILD_SIDE = ["procsup._child", "procsup._wire", "procsup._forkserver_child"]
+# _child_loop: imported by a worker with a worker_loop, which then imports
+# that loop's library itself (asyncio, uvloop or trio), not before.
+CHILD_SIDE = ["procsup._child", "procsup._child_loop", "procsup._wire", "procsup._forkserver_child"]
 
 ALLOWED = {
     "procsup",
@@ -42,7 +44,10 @@ ALLOWED = {
 }
 
 # What the rule names, spelled out so that a failure says which rule it broke.
-FORBIDDEN = {"typing", "enum", "threading", "re", "logging", "pickle", "trio", "signal", "socket"}
+FORBIDDEN = {
+    *("typing", "enum", "threading", "re", "logging", "pickle", "signal", "socket"),
+    *("trio", "asyncio", "uvloop"),  # an event loop's library, only when a worker asks for it
+}
 
 # Imports nothing itself (json would bring re): one module name a line.
 _PROBE = """
