@@ -168,6 +168,7 @@ def all_cases() -> list[Case]:
         for kind in ("oneshot", "reuse"):
             run = _procsup("w4_sequential", method, kind == "reuse")
             cases.append(Case(f"w4_procsup_{method}_{kind}", "w4", run))
+    cases.append(Case("w4_procsup_asyncio_reuse", "w4", _procsup("w4_async_reuse")))
     cases.append(Case("w4_mp_fork_oneshot", "w4", _peer("w4_mp_fork_oneshot")))
     for method in METHODS:
         cases.append(

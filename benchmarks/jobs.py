@@ -18,6 +18,10 @@ def noop() -> None:
     return None
 
 
+async def async_noop() -> None:
+    return None
+
+
 def getpid() -> int:
     """W1's job: ``os.getpid`` called from a user's module, as real jobs are
     (a worker must import this module before it can run the job)."""

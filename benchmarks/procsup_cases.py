@@ -191,14 +191,7 @@ def w4_sequential(method: str, reuse: bool, quick: bool) -> dict[str, Any]:
         async with procsup.open_pool(
             idle=W4_IDLE, max_jobs=None if reuse else 1, start_method=method
         ) as pool:
-            await pool.wait_warm()
-            for _ in range(10 if reuse else 0):
-                await pool.run(jobs.noop)
-            latencies = []
-            for _ in range(n):
-                start = time.perf_counter()
-                await pool.run(jobs.noop)
-                latencies.append(time.perf_counter() - start)
+            latencies = await _sequential(pool, jobs.noop, n, warmup=10 if reuse else 0)
             stats = pool.statistics()
         result: dict[str, Any] = latency_summary(latencies)
         # Reusing workers should start about `idle` of them; more is a pool bug
@@ -207,6 +200,39 @@ def w4_sequential(method: str, reuse: bool, quick: bool) -> dict[str, Any]:
         return result
 
     return trio.run(main)
+
+
+async def _sequential(pool: procsup.Pool, job: Any, n: int, warmup: int) -> list[float]:
+    """Latencies of ``n`` sequential ``pool.run(job)`` once warm, after ``warmup`` more."""
+    await pool.wait_warm()
+    for _ in range(warmup):
+        await pool.run(job)
+    latencies = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await pool.run(job)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def w4_async_reuse(quick: bool) -> dict[str, Any]:
+    """W4 reuse of a trivial ``async def`` job on ``worker_loop="asyncio"``
+    workers, and in the same run of a sync noop on default workers (both at
+    the default start method): the async p50 and ``sync_p50``."""
+    n = 20 if quick else 100
+
+    async def main() -> tuple[list[float], list[float]]:
+        async with procsup.open_pool(idle=W4_IDLE, max_jobs=None) as pool:
+            sync = await _sequential(pool, jobs.noop, n, warmup=10)
+        async with procsup.open_pool(idle=W4_IDLE, max_jobs=None, worker_loop="asyncio") as pool:
+            on_loop = await _sequential(pool, jobs.async_noop, n, warmup=10)
+        return sync, on_loop
+
+    sync, on_loop = trio.run(main)
+    result: dict[str, Any] = latency_summary(on_loop)
+    result["sync_p50"] = percentile(sync, 50)
+    result["note"] = f"start method {default_start_method(pool=True)}"
+    return result
 
 
 def w5_memory(method: str) -> dict[str, Any]:

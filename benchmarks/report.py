@@ -359,6 +359,19 @@ def issue6(r: Results) -> Section:
                 limit=("<=", 1 / 3),
             )
         )
+    on_loop = r.get("w4_procsup_asyncio_reuse")
+    rows.append(
+        compare(
+            "W4 reuse, async def noop on worker_loop='asyncio'",
+            on_loop,
+            _latency,
+            on_loop,
+            lambda x: f"sync noop, default worker, p50 {fmt_time(x['sync_p50'])}",
+            keys=("p50", "sync_p50"),
+            target="p50 <= 1.5x",
+            limit=("<=", 1.5),
+        )
+    )
     label = "W4 peer: multiprocessing.Pool(2, maxtasksperchild=1), fork, one-shot"
     rows.append(plain(label, mp_oneshot, _latency))
     mp_mem = r.get("w5_mp_fork")

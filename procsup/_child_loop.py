@@ -224,7 +224,8 @@ class _AsyncioLoop:
         self._asyncio = asyncio
         self._loop = loop
         self._life = life
-        self._job_task: Any = None
+        self._main: Any = None  # the main task, which runs the jobs
+        self._cancelled = False  # the running job's cancel was delivered
         self._background: set[Any] = set()  # held here: the loop holds tasks weakly
         loop.set_exception_handler(self._on_error)
 
@@ -243,21 +244,31 @@ class _AsyncioLoop:
             loop.remove_reader(fd)
 
     async def run_job(self, coro: Awaitable[Any]) -> Any:
-        self._job_task = task = self._loop.create_task(coro)
+        # In the main task, not a task of its own: two loop turns fewer a job.
         try:
-            return await task
+            return await coro
         finally:
-            self._job_task = None
+            self._uncancel()
 
     def cancel_soon(self, job_id: int) -> None:
         self._loop.call_soon_threadsafe(self._cancel, job_id)
 
     def _cancel(self, job_id: int) -> None:
-        if self._life.running == job_id and self._job_task is not None:
-            self._job_task.cancel()
+        # Here, in the loop's thread, "running" means the main task is inside
+        # the job's await: the cancellation lands in the job.
+        if self._life.running == job_id and not self._cancelled:
+            self._cancelled = True
+            self._main.cancel()
+
+    def _uncancel(self) -> None:
+        """Leave the main task as the job found it, however the job took the cancel."""
+        if self._cancelled:
+            self._cancelled = False
+            self._main.uncancel()
 
     def after_init(self) -> None:
-        for task in self._asyncio.all_tasks(self._loop) - {self._asyncio.current_task()}:
+        self._main = self._asyncio.current_task()
+        for task in self._asyncio.all_tasks(self._loop) - {self._main}:
             self._background.add(task)
             task.add_done_callback(self._background_done)
 
