@@ -287,7 +287,8 @@ class _AsyncioLoop:
         error = context.get("exception")
         if isinstance(error, Exception) and ("task" in context or "future" in context):
             self._life.background_failed(context["message"], error)
-        else:
+        elif not (self._life.stopping and isinstance(error, self._asyncio.CancelledError)):
+            # (at shutdown, 3.11's streams call exception() on the tasks it cancels)
             loop.default_exception_handler(context)
 
 
