@@ -151,8 +151,8 @@ class _Life:
         channel.send(_child._result_frame(channel, job_id, result))
 
     async def _call(self, loop: _Loop, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)``: its sync part in this thread, a coroutine it returns
-        as a task of the loop."""
+        """``fn(*args)``: its sync part in this thread, then the coroutine it
+        returns, if any, on the loop (cancellable)."""
         self.in_sync_call = True
         try:
             result = fn(*args)

@@ -289,21 +289,35 @@ async def work(x):
 """
 
 
-PROCSUP_RUN = [sys.executable, "-m", "procsup", "run", "clijobs_async:work", "--concurrency", "2"]
+# The command, in a process where uvloop cannot be found (installed or not).
+HIDE_UVLOOP = """
+import sys
+sys.modules["uvloop"] = None
+from procsup._cli import main
+sys.exit(main())
+"""
 
 
-@pytest.mark.parametrize("loop", ASYNCIO_LOOPS)
-def test_procsup_run_with_worker_loop(loop: str, tmp_path: Path) -> None:
-    (tmp_path / "clijobs_async.py").write_text(CLI_JOBS)
-    done = subprocess.run(
-        [*PROCSUP_RUN, "--init", "clijobs_async:open_client", "--worker-loop", loop],
-        cwd=tmp_path,
-        input="1\n2\n3\n",
+def procsup_run(project: Path, *args: str, stdin: str, hide_uvloop: bool = False) -> Any:
+    """``procsup run clijobs_async:work ARGS`` in ``project``, which holds CLI_JOBS."""
+    (project / "clijobs_async.py").write_text(CLI_JOBS)
+    how = ["-c", HIDE_UVLOOP] if hide_uvloop else ["-m", "procsup"]
+    return subprocess.run(
+        [sys.executable, *how, "run", "clijobs_async:work", *args],
+        cwd=project,
+        input=stdin,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
         timeout=60,
         check=False,
+    )
+
+
+@pytest.mark.parametrize("loop", ASYNCIO_LOOPS)
+def test_procsup_run_with_worker_loop(loop: str, tmp_path: Path) -> None:
+    done = procsup_run(
+        tmp_path, "--init", "clijobs_async:open_client", "--worker-loop", loop, stdin="1\n2\n3\n"
     )
     assert done.returncode == 0, done.stderr
     out = [json.loads(line) for line in done.stdout.splitlines()]
@@ -312,27 +326,7 @@ def test_procsup_run_with_worker_loop(loop: str, tmp_path: Path) -> None:
 
 
 def test_procsup_run_worker_loop_uvloop_missing_is_a_usage_error(tmp_path: Path) -> None:
-    (tmp_path / "clijobs_async.py").write_text(CLI_JOBS)
-    done = subprocess.run(
-        [sys.executable, "-c", HIDE_UVLOOP, "run", "clijobs_async:work", "--worker-loop", "uvloop"],
-        cwd=tmp_path,
-        input="1\n",
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-        timeout=60,
-        check=False,
-    )
+    done = procsup_run(tmp_path, "--worker-loop", "uvloop", stdin="1\n", hide_uvloop=True)
     assert done.returncode == 2, done.stderr
     assert "pip install 'procsup[uvloop]'" in done.stderr
     assert done.stdout == ""
-
-
-# The command, in a process where uvloop cannot be found (installed or not).
-HIDE_UVLOOP = """
-import sys
-sys.modules["uvloop"] = None
-sys.argv[0] = "procsup"
-from procsup._cli import main
-sys.exit(main())
-"""
