@@ -135,9 +135,17 @@ class _Life:
         return _child._next_order(self.orders)  # reads only what has arrived
 
     async def _job(self, loop: _Loop, job_id: int, payload: bytes | Callable[[], Any]) -> None:
+        # As _child._run_job: what unpickling raises (SystemExit too) is the
+        # sender's error; what the job raises is its own, bar an exit.
         channel = self.channel
         try:
             fn, args = _child._loads(payload)
+        except _Interrupted:
+            raise
+        except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
+            channel.send(encode(Kind.ERROR, job_id, *_child._describe(exc)))
+            return
+        try:
             self.running = job_id
             try:
                 result = await self._call(loop, fn, *args)
