@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     _AsyncFn = Callable[..., Awaitable[Any]]
 
     class _Loop(Protocol):
-        async def wait_readable(self, fd: int) -> None: ...
+        async def wait_for_orders(self) -> None: ...  # until the jobs socket is readable
         async def run_job(self, coro: Any) -> Any: ...
         def cancel_soon(self, job_id: int) -> None: ...  # from another thread
         def after_init(self) -> None: ...
@@ -131,7 +131,7 @@ class _Life:
     async def _next_order(self, loop: _Loop) -> tuple[int, tuple[Any, ...]]:
         # A frame already buffered (STOP behind the last JOB) makes no wakeup.
         if not self.orders._buffer:
-            await loop.wait_readable(self.orders._fd)
+            await loop.wait_for_orders()
         return _child._next_order(self.orders)  # reads only what has arrived
 
     async def _job(self, loop: _Loop, job_id: int, payload: bytes | Callable[[], Any]) -> None:
@@ -214,8 +214,14 @@ def _run_asyncio(life: _Life, *, uvloop: bool) -> int:
             factory = uvloop_module.new_event_loop
     except ImportError as exc:
         raise _StartFailed(exc) from None
-    with asyncio.Runner(loop_factory=factory) as runner:  # closing it is the loop's shutdown
-        loop = _AsyncioLoop(asyncio, runner.get_loop(), life)
+    import select
+
+    # The loop watches an epoll set that holds the jobs socket, not the
+    # socket: uvloop makes what it watches non-blocking, and the socket must
+    # stay blocking for the threads that write to it and for _FrameReader.
+    with asyncio.Runner(loop_factory=factory) as runner, select.epoll() as proxy:
+        proxy.register(life.orders._fd, select.EPOLLIN)
+        loop = _AsyncioLoop(asyncio, runner.get_loop(), life, proxy.fileno())
         return runner.run(life.run(loop))
 
 
@@ -228,8 +234,9 @@ class _AsyncioLoop:
     that sets its own handler decides for itself.
     """
 
-    def __init__(self, asyncio: Any, loop: Any, life: _Life) -> None:
+    def __init__(self, asyncio: Any, loop: Any, life: _Life, orders_ready: int) -> None:
         self._asyncio = asyncio
+        self._orders_ready = orders_ready  # readable while the jobs socket is
         self._loop = loop
         self._life = life
         self._main: Any = None  # the main task, which runs the jobs
@@ -237,7 +244,7 @@ class _AsyncioLoop:
         self._background: set[Any] = set()  # held here: the loop holds tasks weakly
         loop.set_exception_handler(self._on_error)
 
-    async def wait_readable(self, fd: int) -> None:
+    async def wait_for_orders(self) -> None:
         loop = self._loop
         ready = loop.create_future()
 
@@ -245,11 +252,11 @@ class _AsyncioLoop:
             if not ready.done():
                 ready.set_result(None)
 
-        loop.add_reader(fd, wake)
+        loop.add_reader(self._orders_ready, wake)
         try:
             await ready
         finally:
-            loop.remove_reader(fd)
+            loop.remove_reader(self._orders_ready)
 
     async def run_job(self, coro: Awaitable[Any]) -> Any:
         # In the main task, not a task of its own: two loop turns fewer a job.
@@ -388,8 +395,8 @@ class _TrioLoop:
         self._token = trio.lowlevel.current_trio_token()
         self._scope: Any = None
 
-    async def wait_readable(self, fd: int) -> None:
-        await self._trio.lowlevel.wait_readable(fd)
+    async def wait_for_orders(self) -> None:
+        await self._trio.lowlevel.wait_readable(self._life.orders._fd)
 
     async def run_job(self, coro: Awaitable[Any]) -> Any:
         with self._trio.CancelScope() as scope:

@@ -254,3 +254,7 @@ async def async_noop() -> None:
 
 def pid() -> int:
     return os.getpid()
+
+
+async def async_echo(data: Any) -> Any:
+    return data

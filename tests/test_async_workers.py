@@ -330,3 +330,11 @@ def test_procsup_run_worker_loop_uvloop_missing_is_a_usage_error(tmp_path: Path)
     assert done.returncode == 2, done.stderr
     assert "pip install 'procsup[uvloop]'" in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("loop", ALL_LOOPS)
+async def test_large_arguments_and_results_on_a_loop_worker(loop: str, start_method: str) -> None:
+    big = bytes(range(256)) * 8192  # 2 MiB: past shm_min_bytes, through shared memory
+    async with open_worker(loop, start_method) as worker:
+        assert await worker.run(async_jobs.async_echo, big) == big
+        assert await worker.run(async_jobs.async_echo, [big, 1]) == [big, 1]
