@@ -57,7 +57,9 @@ def serve(name: str, channel: _Channel, orders: _FrameReader, payload: bytes, ma
             return _run_trio(life)
         return _run_asyncio(life, uvloop=name == "uvloop")
     except _StartFailed as failed:
-        channel.send(encode(Kind.INIT_FAILED, *_child._describe(failed.error)))
+        channel.send(
+            encode(Kind.INIT_FAILED, *_child._describe(failed.error, room=channel.max_frame))
+        )
         return 1
 
 
@@ -121,7 +123,8 @@ class _Life:
         except _Interrupted:
             raise
         except BaseException as exc:  # noqa: BLE001 -- SystemExit in an initializer is a failure too
-            self.channel.send(encode(Kind.INIT_FAILED, *_child._describe(exc)))
+            room = self.channel.max_frame
+            self.channel.send(encode(Kind.INIT_FAILED, *_child._describe(exc, room=room)))
             return False
         _child._state = state
         self.ready = True
@@ -143,7 +146,7 @@ class _Life:
         except _Interrupted:
             raise
         except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
-            channel.send(encode(Kind.ERROR, job_id, *_child._describe(exc)))
+            channel.send(_child._error_frame(channel, job_id, exc))
             return
         try:
             self.running = job_id
@@ -154,7 +157,7 @@ class _Life:
         except (_Interrupted, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 -- the job's error goes to its caller
-            channel.send(encode(Kind.ERROR, job_id, *_child._describe(exc)))
+            channel.send(_child._error_frame(channel, job_id, exc))
             return
         channel.send(_child._result_frame(channel, job_id, result))
 
