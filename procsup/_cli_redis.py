@@ -15,7 +15,10 @@ import trio
 
 __all__ = ["add_commands"]
 
-_POOL_OPTIONS = ("init", "concurrency", "idle", "timeout", "max_jobs_per_worker", "memory_limit_mb")
+_POOL_OPTIONS = (
+    *("init", "concurrency", "idle", "timeout", "max_jobs_per_worker", "memory_limit_mb"),
+    "worker_loop",
+)
 _MISSING_EXTRA = "procsup: the queue commands need the redis extra: pip install 'procsup[redis]'"
 
 SERVE_EPILOG = """\
@@ -197,6 +200,7 @@ async def _serve(redis: Any, cfg: Any, args: argparse.Namespace, outcome: dict[s
             max_workers=cfg.concurrency,
             max_jobs=cfg.max_jobs,
             memory_limit_mb=cfg.memory_limit_mb,
+            worker_loop=cfg.worker_loop,
             # a host reads while its load is below the threshold: at 1.0 all
             # --concurrency workers are used (the library default 0.7 keeps 30% back)
             load_threshold=1.0,
