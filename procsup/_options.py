@@ -97,7 +97,7 @@ def check_initializer(initializer: object) -> bytes:
     """Validate an initializer and return its pickled form (b"" for None).
 
     A ``"module:function"`` string must name an importable module; a callable
-    must pickle (so: a module-level function, not a lambda or closure).
+    must pickle: a module-level function, or anything with cloudpickle installed.
     """
     if initializer is None:
         return b""
@@ -118,8 +118,10 @@ def check_initializer(initializer: object) -> bytes:
             raise ValueError(f"initializer {initializer!r}: no module named {module!r}{reason}")
     elif not callable(initializer):
         raise TypeError(f"initializer must be a callable or 'module:function', got {initializer!r}")
+    from ._pickle import dump_by_reference_or_value
+
     try:
-        payload = pickle.dumps(initializer, pickle.HIGHEST_PROTOCOL)
+        payload = dump_by_reference_or_value(initializer, initializer)
         pickle.loads(payload)  # what does not round-trip here fails in every worker
     except Exception as exc:
         raise TypeError(

@@ -1,6 +1,11 @@
 """The parent's side of what travels pickled: jobs out, results and
 exceptions back.
 
+Jobs and initializers go by reference (module and name) with the standard
+pickle; one that cannot (a lambda, a closure, a function of an interactive
+``__main__``) goes by value with cloudpickle, when it is installed. The worker
+imports cloudpickle only to unpickle such a payload.
+
 Unpickling runs the sender's code (``__reduce__``, ``__setstate__``): it may
 raise anything, ``SystemExit`` and ``KeyboardInterrupt`` included. Nothing it
 raises or returns reaches the caller except as a value, the job's own
@@ -9,6 +14,7 @@ raises or returns reaches the caller except as a value, the job's own
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +22,68 @@ from typing import Any
 import trio
 
 from ._errors import RemoteError, RemoteTraceback, SerializationError
+from ._process import parent_main_reference
 from ._wire import max_payload
 
-__all__ = ["dump_job", "load_result", "rebuild_error"]
+__all__ = ["dump_by_reference_or_value", "dump_job", "load_result", "rebuild_error"]
+
+_BY_VALUE_ADVICE = (
+    "a worker finds a job or initializer by its module and name: move it to a module "
+    "(a module-level def that the worker can import), or install the extra "
+    "procsup[cloudpickle] to send it by value"
+)
+
+
+def dump_by_reference_or_value(fn: object, obj: object) -> bytes:
+    """Pickle ``obj`` (``fn`` itself, or a job's ``(fn, args)``): by reference
+    with the standard pickle, or by value with cloudpickle when ``fn`` cannot
+    go by reference.
+
+    Raises:
+        SerializationError: ``fn`` cannot go by reference and cloudpickle is
+            not installed; the message says what to do.
+        Exception: whatever pickling raised for a value that neither can
+            pickle (an argument holding a lock, say).
+    """
+    reason = _not_importable_in_a_worker(fn)
+    if reason is None:
+        try:
+            return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            reason = _not_by_reference(fn, exc)
+            if reason is None:
+                raise  # fn is fine: the arguments are at fault
+    try:
+        import cloudpickle  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        raise SerializationError(
+            f"{_name(fn)} cannot be pickled by reference ({reason}); {_BY_VALUE_ADVICE}"
+        ) from None
+    return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return,unused-ignore]
+
+
+def _not_importable_in_a_worker(fn: object) -> str | None:
+    """Why a worker could not import ``fn`` by the name pickle gives it
+    (its ``__main__`` has no file), or None."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if getattr(fn, "__module__", None) == "__main__" and not parent_main_reference():
+        return "it is defined in __main__ of an interactive session, python -c or stdin"
+    return None
+
+
+def _not_by_reference(fn: object, error: Exception) -> str | None:
+    """Why ``fn`` does not pickle by reference, or None when it does."""
+    try:
+        pickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 -- any failure of its own says the same
+        return str(exc) or str(error)
+    return None
+
+
+def _name(fn: object) -> str:
+    qualname = getattr(fn, "__qualname__", None)
+    return qualname if isinstance(qualname, str) else repr(fn)
 
 
 def dump_job(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> bytes:
@@ -31,11 +96,13 @@ def dump_job(fn: Callable[..., Any], args: tuple[Any, ...], limit: int) -> bytes
     if not callable(fn):
         raise TypeError(f"job must be callable, got {fn!r}")
     try:
-        data = pickle.dumps((fn, args), pickle.HIGHEST_PROTOCOL)
+        data = dump_by_reference_or_value(fn, (fn, args))
+    except SerializationError:
+        raise
     except Exception as exc:
         raise SerializationError(
-            f"job {getattr(fn, '__qualname__', fn)!r} or its arguments cannot be pickled: {exc}; "
-            "jobs must be module-level functions with picklable arguments"
+            f"job {_name(fn)!r} or its arguments cannot be pickled: {exc}; "
+            "arguments travel by value and must pickle"
         ) from exc
     if len(data) > max_payload(limit):
         raise SerializationError(

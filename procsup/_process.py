@@ -56,7 +56,8 @@ def parent_main_reference() -> str:
     if name and name != "__main__":
         return f"module:{name}"
     path = getattr(main, "__file__", None)
-    return f"file:{os.path.abspath(path)}" if isinstance(path, str) else ""
+    # `python - < script` names its main "<stdin>", which is no file to run
+    return f"file:{os.path.abspath(path)}" if isinstance(path, str) and os.path.isfile(path) else ""
 
 
 class _ExecChild:

@@ -53,6 +53,13 @@ def each_start_method(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     return str(request.param)
 
 
+@pytest.fixture
+def no_cloudpickle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if cloudpickle were not installed (in this process: an exec'd
+    worker could still import it, but nothing sent by reference asks it to)."""
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves a child process or a file descriptor open."""

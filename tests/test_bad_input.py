@@ -107,7 +107,7 @@ async def test_open_pool_rejects_worker_options(
             pytest.fail("must not start")
 
 
-@pytest.mark.usefixtures("no_spawn")
+@pytest.mark.usefixtures("no_spawn", "no_cloudpickle")  # with it, a lambda goes by value
 @pytest.mark.parametrize(
     ("initializer", "exc", "phrase"), INITIALIZER_CASES, ids=_ids(INITIALIZER_CASES)
 )
@@ -163,6 +163,7 @@ async def test_a_non_callable_job_is_a_type_error_before_anything_is_sent() -> N
         assert await worker.run(helpers.add, 1, 2) == 3
 
 
+@pytest.mark.usefixtures("no_cloudpickle")  # with it, a lambda goes by value
 async def test_unpicklable_job_or_arguments_are_a_serialization_error() -> None:
     async with procsup.open_worker(max_jobs=None) as worker:
         with pytest.raises(procsup.SerializationError, match="cannot be pickled"):

@@ -116,6 +116,7 @@ async def test_initializer_that_hangs_is_killed_at_init_timeout() -> None:
     assert info.value.signal_name == "SIGKILL"
 
 
+@pytest.mark.usefixtures("no_cloudpickle")  # with it, a lambda goes by value
 async def test_bad_initializer_is_rejected_before_any_process_starts() -> None:
     with pytest.raises(TypeError, match="cannot be pickled"):
         async with procsup.open_worker(lambda: None):
