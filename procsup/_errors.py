@@ -14,6 +14,7 @@ import signal as _signal
 from collections.abc import Sequence
 
 __all__ = [
+    "DescriptorLimitError",
     "MemoryLimitError",
     "NoWorkerAvailableError",
     "PoolClosedError",
@@ -79,6 +80,16 @@ class DescriptorLimitError(ProcsupError):
         self.needed = needed
         self.soft = soft
         self.hard = hard
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments do not survive the default exception pickling.
+        return (_rebuild_descriptor_limit, (str(self), self.needed, self.soft, self.hard))
+
+
+def _rebuild_descriptor_limit(
+    message: str, needed: int, soft: int, hard: int
+) -> DescriptorLimitError:
+    return DescriptorLimitError(message, needed=needed, soft=soft, hard=hard)
 
 
 class PoolClosedError(ProcsupError):

@@ -1,0 +1,99 @@
+"""The parent's end of a worker's channel, below the process boundary: a
+frame the socket cannot take at once goes out whole and in order, a closed
+worker end is a BrokenResourceError, and a stuck control socket is never
+sent half a frame."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import trio
+
+from procsup._channel import ParentChannel
+from procsup._wire import Kind, encode
+
+BIG = 1 << 30
+
+
+def _read_exactly(fd: int, count: int) -> bytes:
+    chunks = []
+    while count:
+        chunk = os.read(fd, min(count, 1 << 20))
+        assert chunk, "EOF before everything arrived"
+        chunks.append(chunk)
+        count -= len(chunk)
+    return b"".join(chunks)
+
+
+async def test_frames_the_socket_cannot_take_at_once_go_out_whole_and_in_order() -> None:
+    first = encode(Kind.STOP)
+    big = encode(Kind.JOB, 1, os.urandom(4 << 20))  # far more than a socket buffer
+    after = [encode(Kind.JOB, n, b"small") for n in range(2, 5)]
+    channel = ParentChannel(BIG, first)
+    try:
+        channel.send_nowait(big)  # partly sent, the rest queued: no flush task yet
+        for frame in after:
+            channel.send_nowait(frame)  # queued behind it, never interleaved
+        jobs_fd, _ = channel.child_fds
+        expected = first + big + b"".join(after)
+        async with trio.open_nursery() as nursery:
+            channel.start(nursery)  # now the flush task sends what waits
+            received = await trio.to_thread.run_sync(_read_exactly, jobs_fd, len(expected))
+        assert received == expected
+    finally:
+        channel.close()
+
+
+async def test_a_frame_sent_while_the_flush_runs_goes_after_it() -> None:
+    channel = ParentChannel(BIG, b"")
+    try:
+        jobs_fd, _ = channel.child_fds
+        big = encode(Kind.JOB, 1, os.urandom(2 << 20))
+        async with trio.open_nursery() as nursery:
+            channel.start(nursery)
+            channel.send_nowait(big)  # the flush task starts for its rest
+            await trio.lowlevel.checkpoint()
+            channel.send_nowait(encode(Kind.STOP))
+            expected = big + encode(Kind.STOP)
+            received = await trio.to_thread.run_sync(_read_exactly, jobs_fd, len(expected))
+        assert received == expected
+    finally:
+        channel.close()
+
+
+async def test_a_closed_worker_end_is_a_broken_resource() -> None:
+    channel = ParentChannel(BIG, b"")
+    try:
+        channel.child_spawned()  # the worker's ends are gone
+        with pytest.raises(trio.BrokenResourceError):
+            channel.send_nowait(encode(Kind.STOP))
+        with pytest.raises(trio.BrokenResourceError):  # and stays so
+            channel.send_nowait(encode(Kind.STOP))
+    finally:
+        channel.close()
+
+
+async def test_a_full_control_socket_is_never_sent_half_a_frame() -> None:
+    channel = ParentChannel(BIG, b"")
+    try:
+        ping = encode(Kind.PING, 1.5)
+        sent = 0
+        while channel.send_control(ping):  # nobody reads: a stuck control thread
+            sent += 1
+        assert sent > 0
+        assert not channel.send_control(ping)  # given up on for good
+        _, control_fd = channel.child_fds
+        with socket.socket(fileno=os.dup(control_fd)) as control:
+            control.setblocking(False)
+            data = b""
+            while True:
+                try:
+                    chunk = control.recv(1 << 16)
+                except BlockingIOError:
+                    break
+                data += chunk
+        assert data == ping * sent  # whole frames only
+    finally:
+        channel.close()
