@@ -60,4 +60,4 @@ def chaos(session: nox.Session) -> None:
 def soak(session: nox.Session) -> None:
     """The queue soak against a real redis-server (extra arguments go to pytest)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "tests/test_redis_soak.py", "--soak", *session.posargs)
+    session.run("pytest", "tests/test_redis_soak.py", "--soak", "-s", *session.posargs)

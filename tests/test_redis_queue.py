@@ -214,3 +214,26 @@ async def test_gone_consumers_are_forgotten_only_when_nothing_is_pending(
         names = redis_server.cli("--json", "XINFO", "CONSUMERS", stream, "procsup")
         assert "holds-one" in names
         assert "holds-none" not in names
+
+
+async def test_host_without_workers_hands_back_uncounted(redis_server: Any, exec_log: str) -> None:
+    async with open_queue(redis_server.url, "q") as q:
+        job = await q.submit({"value": "elsewhere"})
+        async with (
+            procsup.open_pool(
+                redis_jobs.fail_init, idle=0, max_workers=1, max_acquire_attempts=1
+            ) as broken_pool,
+            open_server(
+                broken_pool, redis_jobs.work, url=redis_server.url, queue="q", lease=2.0
+            ) as broken,
+        ):
+            with trio.fail_after(20):
+                while broken.statistics().released < 1:
+                    await trio.sleep(0.02)
+            assert broken.statistics().health == "degraded"  # and so it reads no more
+            async with host(redis_server.url):
+                assert await q.result(job, timeout=20) == "elsewhere"
+            assert broken.statistics().received == 1
+        record = json.loads(redis_server.cli("GET", f"procsup:{{q}}:r:{job}"))
+    assert record["deliveries"] == 1  # the broken host's try did not count
+    assert len(redis_jobs.executions(exec_log)) == 1

@@ -41,6 +41,7 @@ __all__ = [
 LIBRARY = "procsup_1"  # bump with every incompatible change to procsup.lua
 CALL_TIMEOUT = 5.0  # seconds any one Redis call may take (blocking reads: plus their block)
 RESULT_TTL = 3600  # seconds results and idempotency keys are kept
+_RETIRE_AFTER = 2 * CALL_TIMEOUT + 10.0  # seconds: past the longest call (block + deadline)
 _LUA = resources.files(__package__).joinpath("procsup.lua").read_text(encoding="utf-8")
 
 # What a broken or restarting server raises: the host backs off and retries.
@@ -96,8 +97,13 @@ def queue_prefix(queue: str) -> str:
 class Engine:
     """A queue on one Redis server, for one consumer (host) or producer."""
 
-    def __init__(self, client: Any, queue: str, group: str, consumer: str) -> None:
-        self.client = client
+    def __init__(
+        self, url: str, queue: str, group: str, consumer: str, nursery: trio.Nursery
+    ) -> None:
+        self.client: Any = None  # the current coredis client; see connect()
+        self._url = url
+        self._nursery = nursery
+        self._client_scope: trio.CancelScope | None = None  # ends the current client
         self.queue = queue
         self.group = group
         self.consumer = consumer
@@ -107,6 +113,35 @@ class Engine:
         self.hosts = self.prefix + "hosts"
 
     # -- set-up --------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Use a fresh client (its own connection pool) from now on, and close
+        the old one. Called after each outage: coredis 6.9's pool loses a slot
+        for every connection that dies while in use (64 in all), so a
+        long-lived host would otherwise run out after enough outages."""
+        scope = await self._nursery.start(self._hold_client)
+        old, self._client_scope = self._client_scope, scope
+        if old is not None:
+            self._nursery.start_soon(self._retire, old)
+
+    async def _retire(self, scope: trio.CancelScope) -> None:
+        # Calls already made on the old client end by their own deadlines
+        # first: closing it under them would fail them with a RuntimeError.
+        await trio.sleep(_RETIRE_AFTER)
+        scope.cancel()
+
+    async def _hold_client(self, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        client = coredis.Redis.from_url(
+            self._url,
+            decode_responses=True,
+            retry_policy=NoRetryPolicy(),  # a retried write could run twice; we retry ourselves
+            connect_timeout=CALL_TIMEOUT,
+        )
+        with trio.CancelScope() as scope:
+            async with client:
+                self.client = client
+                task_status.started(scope)
+                await trio.sleep_forever()
 
     async def prepare(self) -> list[str]:
         """Load the functions, make the stream and group; return warnings about
@@ -312,11 +347,10 @@ async def open_engine(
 ) -> AsyncIterator[Engine]:
     """A connected :class:`Engine` for ``queue`` on the server at ``url``
     (``redis://host:port/db``, ``rediss://...`` or ``unix:///path/to.sock``)."""
-    client = coredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        retry_policy=NoRetryPolicy(),  # a retried write could run twice; we retry ourselves
-        connect_timeout=CALL_TIMEOUT,
-    )
-    async with client:
-        yield Engine(client, queue, group, consumer)
+    async with trio.open_nursery() as nursery:
+        engine = Engine(url, queue, group, consumer, nursery)
+        await engine.connect()
+        try:
+            yield engine
+        finally:
+            nursery.cancel_scope.cancel()

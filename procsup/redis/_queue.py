@@ -76,6 +76,8 @@ class Queue:
                 payload = await self._engine.wait_result(job_id, max(step, 0.0))
             except ConnectionLost:  # waiting is safe to retry: the result stays
                 failures += 1
+                if failures == 1:
+                    await self._engine.connect()
                 if trio.current_time() >= deadline:
                     raise
                 delay = backoff_delay(failures, base=0.1, cap=_WAIT_STEP, jitter=random.random())

@@ -442,6 +442,7 @@ class Server:
         if self._connected:
             log.warning("Redis unreachable (%s: %s); retrying", op, exc)
             self._connected = False
+            await self._engine.connect()
         await trio.sleep(
             backoff_delay(
                 self._failures,
