@@ -61,7 +61,11 @@ async def worker_crashed(pool):
 
 
 async def deadline(pool):
-    with trio.move_on_after(0.5) as scope:  # or trio.fail_after() to raise TooSlowError
+    try:
+        await pool.run(slow, timeout=0.5)  # from when the job reaches a worker
+    except procsup.JobTimeoutError as exc:
+        print(f"stopped after {exc.timeout:g} s; its worker was reaped:", exc)
+    with trio.move_on_after(0.5) as scope:  # a deadline on the whole call
         await pool.run(slow)
     print("gave up after 0.5 s; the worker was killed and reaped:", scope.cancelled_caught)
 

@@ -41,6 +41,7 @@ _EXPORTS = {
     "WorkerCrashedError": "procsup._errors",
     "WorkerClosedError": "procsup._errors",
     "WorkerUnresponsiveError": "procsup._errors",
+    "JobTimeoutError": "procsup._errors",
     "MemoryLimitError": "procsup._errors",
     "ProtocolError": "procsup._errors",
     "NoWorkerAvailableError": "procsup._errors",
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from ._child import worker_state as worker_state
     from ._child_loop import worker_nursery as worker_nursery
     from ._errors import DescriptorLimitError as DescriptorLimitError
+    from ._errors import JobTimeoutError as JobTimeoutError
     from ._errors import MemoryLimitError as MemoryLimitError
     from ._errors import NoWorkerAvailableError as NoWorkerAvailableError
     from ._errors import PoolClosedError as PoolClosedError

@@ -27,8 +27,8 @@ from typing import IO, Any
 import trio
 
 from . import __version__
-from ._console import Display, Tally, open_display, run_job
-from ._errors import NoWorkerAvailableError, WorkerError, WorkerStartError
+from ._console import Display, Tally, open_display
+from ._errors import JobTimeoutError, NoWorkerAvailableError, WorkerError, WorkerStartError
 from ._options import WORKER_LOOPS, WorkerOptions
 
 __all__ = ["count_records", "error_fields", "load_callable", "main"]
@@ -456,8 +456,8 @@ class _Run:
             async for index, value in jobs:
                 record: dict[str, Any] = {"index": index}
                 try:
-                    record["result"] = await run_job(pool, cfg.fn, (value,), cfg.timeout)
-                except trio.TooSlowError:
+                    record["result"] = await pool.run(cfg.fn, value, timeout=cfg.timeout)
+                except JobTimeoutError:
                     record["error"] = {
                         "type": "TimeoutError",
                         "message": f"the job did not finish within --timeout {cfg.timeout:g}s; "

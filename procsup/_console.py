@@ -1,5 +1,5 @@
 """What ``procsup run`` and ``procsup demo`` share: a tally of finished
-jobs, the progress displays, and running one job with a timeout.
+jobs and the progress displays.
 
 ``rich`` draws the live progress bar and is imported only when a display
 opens: ``import procsup`` never loads it.
@@ -11,30 +11,15 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import trio
 
-__all__ = ["Display", "Tally", "open_display", "run_job"]
+__all__ = ["Display", "Tally", "open_display"]
 
 _PLAIN_EVERY = 2.0  # seconds between plain progress lines
 _RICH_HINT = "procsup: for a live progress bar, install rich: pip install 'procsup[cli]'"
-
-
-async def run_job(
-    pool: Any, fn: Callable[..., Any], args: tuple[Any, ...], job_timeout: float | None
-) -> Any:
-    """Run ``fn(*args)`` in a warm worker of ``pool``, stopping it after ``job_timeout`` s.
-
-    The timeout counts from when the job reaches a worker (not while waiting
-    for one). When it elapses the job is cancelled, which stops and reaps its
-    worker before :class:`trio.TooSlowError` is raised. A worker found dead
-    before the job was sent is replaced, as :meth:`Pool.run` does.
-    """
-    # Goes when the job timeout of issue 12 lands (pool.run(fn, *args, timeout=...)).
-    return await pool._run(fn, args, job_timeout)
 
 
 class Tally:

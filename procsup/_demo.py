@@ -24,9 +24,9 @@ import attrs
 import psutil
 import trio
 
-from ._console import Display, Tally, open_display, run_job
+from ._console import Display, Tally, open_display
 from ._demo_jobs import crash, hang, hog_memory, load_model, predict
-from ._errors import MemoryLimitError, WorkerCrashedError, describe_exit
+from ._errors import JobTimeoutError, MemoryLimitError, WorkerCrashedError, describe_exit
 
 __all__ = ["run_demo"]
 
@@ -143,8 +143,8 @@ class _Demo:
 
     async def _run_one(self, job: _Job) -> tuple[str, str]:
         try:
-            await run_job(self.pool, job.fn, job.args, JOB_TIMEOUT)
-        except trio.TooSlowError:
+            await self.pool.run(job.fn, *job.args, timeout=JOB_TIMEOUT)
+        except JobTimeoutError:
             return "timeout", (
                 f"hung; cancelled at its {JOB_TIMEOUT:g} s timeout, its worker stopped and reaped"
             )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "DescriptorLimitError",
+    "JobTimeoutError",
     "MemoryLimitError",
     "NoWorkerAvailableError",
     "PoolClosedError",
@@ -180,6 +181,18 @@ class WorkerClosedError(WorkerError):
 
 class WorkerUnresponsiveError(WorkerError):
     """The worker did not answer a ping within ``ping_timeout`` and was killed."""
+
+
+class JobTimeoutError(WorkerError, TimeoutError):
+    """A job ran past the ``timeout`` its caller gave (counted from when it
+    reached a worker): it was stopped (a cancel request, then SIGKILL after
+    ``cancel_grace``) and its worker reaped.
+
+    Attributes:
+        timeout: the timeout that elapsed, in seconds.
+    """
+
+    timeout: float = 0.0
 
 
 class MemoryLimitError(WorkerError):

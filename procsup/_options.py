@@ -26,7 +26,14 @@ from ._events import PoolEvent
 from ._startup import EnvOption, check_env, default_name
 from ._wire import MAX_BODY
 
-__all__ = ["START_METHODS", "PoolOptions", "WorkerOptions", "check_initializer", "pick"]
+__all__ = [
+    "START_METHODS",
+    "PoolOptions",
+    "WorkerOptions",
+    "check_initializer",
+    "check_timeout",
+    "pick",
+]
 
 OptionsT = TypeVar("OptionsT", bound=attrs.AttrsInstance)
 
@@ -91,6 +98,16 @@ def _count(
             )
 
     return check
+
+
+def check_timeout(timeout: object) -> None:
+    """A job's ``timeout``: a number of seconds > 0, or None."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
 
 
 def check_initializer(initializer: object) -> bytes:

@@ -45,7 +45,7 @@ from ._errors import NoWorkerAvailableError, PoolClosedError, WorkerStartError
 from ._events import EventHub, PoolEvent
 from ._limits import ensure_descriptors
 from ._load import idle_target
-from ._options import PoolOptions, WorkerOptions, pick
+from ._options import PoolOptions, WorkerOptions, check_timeout, pick
 from ._spawn import open_spawner
 from ._startup import EnvOption
 from ._util import NoPublicConstructor, collapse_single_group
@@ -119,7 +119,7 @@ class PoolStatistics:
 class _Member:
     """The registry's record of one child and its state in the pool."""
 
-    __slots__ = ("retire_scope", "seq", "slot", "state", "worker")
+    __slots__ = ("lent", "retire_scope", "seq", "slot", "state", "worker")
 
     def __init__(self, seq: int, slot: int) -> None:
         self.seq = seq
@@ -127,6 +127,8 @@ class _Member:
         self.state = WARMING  # changed by Pool._set_state only (_NEXT_STATES)
         self.worker: Worker | None = None  # set when warm, from then on
         self.retire_scope = trio.CancelScope()  # cancelled: the lifetime task closes it
+        self.lent = False  # inside an acquire() block (BUSY; BUSY and not lent: a job its
+        # caller left runs on, kill_on_cancel=False)
 
 
 class PooledWorker(metaclass=NoPublicConstructor):
@@ -146,11 +148,19 @@ class PooledWorker(metaclass=NoPublicConstructor):
         """The underlying :class:`Worker`."""
         return self._worker
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run one job; see :meth:`Worker.run`."""
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 -- counted from when the job is sent
+        kill_on_cancel: bool = True,
+    ) -> T:
+        """Run one job; see :meth:`Worker.run`. With ``kill_on_cancel=False``
+        a job its caller left runs on after the block, in a worker the pool
+        still owns; it goes back to the pool when the job ends."""
         if not self._lent:
             raise RuntimeError("this worker was given back to the pool; acquire another")
-        return await self._worker.run(fn, *args)
+        return await self._worker.run(fn, *args, timeout=timeout, kill_on_cancel=kill_on_cancel)
 
     def _give_back(self) -> None:
         self._lent = False
@@ -193,15 +203,29 @@ class Pool(metaclass=NoPublicConstructor):
 
     # -- public --------------------------------------------------------------
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 -- counted from when the job has a worker
+        kill_on_cancel: bool = True,
+    ) -> T:
         """Run ``fn(*args)`` in a warm worker and return its result.
+
+        ``timeout`` (seconds; ``None``: none) counts from when the job
+        reaches a worker, never the wait for one; past it the job is stopped,
+        its worker reaped, and :class:`JobTimeoutError` raised. With
+        ``kill_on_cancel=False``, cancelling the call leaves the job running
+        to its end (or its timeout) in a worker the pool still owns, which
+        then goes back to the pool; by default the worker is stopped. A call
+        in an already-cancelled scope sends nothing. See :meth:`Worker.run`.
 
         A worker found dead before the job was sent is replaced silently;
         once the job is sent, every outcome (result, the job's exception, a
         crash, a timeout) is the caller's. Raises what :meth:`acquire` and
         :meth:`Worker.run` raise.
         """
-        return await self._run(fn, args)  # type: ignore[no-any-return]
+        return await self._run(fn, args, timeout, kill_on_cancel)  # type: ignore[no-any-return]
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[PooledWorker]:
@@ -322,31 +346,31 @@ class Pool(metaclass=NoPublicConstructor):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         timeout: float | None = None,  # noqa: ASYNC109 -- counted from when the job has a worker
+        kill_on_cancel: bool = True,
     ) -> Any:
         """Run one job in a warm worker; the one loop that acts on a worker's
-        "not sent, try another" (``None`` from ``Worker._run``).
-
-        ``timeout`` (seconds, counted once the job has its worker): past it
-        the job is cancelled, which stops and reaps its worker, and
-        :class:`trio.TooSlowError` raised.
-        """
+        "not sent, try another" (``None`` from ``Worker._run``)."""
         if not callable(fn):  # before a worker is started for it
             raise TypeError(f"job must be callable, got {fn!r}")
+        check_timeout(timeout)
         while True:
             async with self.acquire() as lease:
-                with trio.fail_after(timeout) if timeout is not None else nullcontext():
-                    job = await lease.worker._run(fn, args)
+                job = await lease.worker._run(fn, args, timeout, kill_on_cancel)
                 if job is not None:
                     return job.unwrap()
             # died between being offered and receiving the job: try another
 
-    def _worker_event(self, kind: str, pid: int, error: BaseException | None) -> None:
-        """What a worker reports of its life (:data:`WorkerEvents`)."""
+    def _worker_event(
+        self, member: _Member, kind: str, pid: int, error: BaseException | None
+    ) -> None:
+        """What a member's worker reports of its life (:data:`WorkerEvents`)."""
         if kind == "start":
             self._record.spawned += 1
         elif kind == "job_finished":
             self._jobs_completed += 1
         self._events.emit(kind, pid, error=error)
+        if kind == "job_finished" and not member.lent:
+            self._release(member)  # a job its caller left has ended
 
     # -- acquisition -----------------------------------------------------------
 
@@ -434,12 +458,16 @@ class Pool(metaclass=NoPublicConstructor):
         if member.state != IDLE or worker is None or not worker.accepting_jobs:
             return None
         self._set_state(member, BUSY)
+        member.lent = True
         return member, worker
 
     def _release(self, member: _Member) -> None:
         worker = member.worker
         if member.state != BUSY:
             return
+        member.lent = False
+        if worker is not None and worker._job_runs_on and not self._closed:
+            return  # busy until the job its caller left ends: then released again
         if self._closed or worker is None or not worker.accepting_jobs:
             self._set_state(member, CLOSING)
             member.retire_scope.cancel()
@@ -494,7 +522,9 @@ class Pool(metaclass=NoPublicConstructor):
                 await self._start_slots.wait(member.seq)
                 try:
                     worker = await stack.enter_async_context(
-                        self._start_worker(self._worker_event, member.slot)
+                        self._start_worker(
+                            functools.partial(self._worker_event, member), member.slot
+                        )
                     )
                 except WorkerStartError as exc:
                     self._start_failed(member, exc)

@@ -34,6 +34,7 @@ from tricycle import open_service_nursery
 from . import _shm, _wire
 from ._channel import ParentChannel
 from ._errors import (
+    JobTimeoutError,
     MemoryLimitError,
     ProtocolError,
     RemoteTraceback,
@@ -45,7 +46,7 @@ from ._errors import (
     WorkerUnresponsiveError,
 )
 from ._logextra import record_extra
-from ._options import WorkerOptions
+from ._options import WorkerOptions, check_timeout
 from ._pickle import dump_job, load_result, rebuild_error
 from ._process import ChildProcess
 from ._spawn import Spawner, open_spawner
@@ -110,7 +111,9 @@ class Worker(metaclass=NoPublicConstructor):
         # -- the phase (_NEXT_PHASES): changed by _enter() only
         self._phase = "init"  # never "exited" (that is _exited); kept after the exit
         self._retiring = False  # no more jobs: "shutdown" follows this phase (in "init": the kill)
-        self._job: _Job | None = None  # the job sent and not yet settled: only in "job"
+        self._job: _Job | None = None  # the job sent and not yet over: only in "job"
+        self._job_ended: trio.Event | None = None  # set while _job runs on without its
+        # caller (kill_on_cancel=False); set and cleared when it ends
         self._jobs_done = 0  # jobs that reached run() and ended, however
         # -- initialization: READY or INIT_FAILED, the exit, or the timer's kill sets it
         self._init_settled = trio.Event()
@@ -167,29 +170,48 @@ class Worker(metaclass=NoPublicConstructor):
         """Wait until the process has ended and been reaped."""
         await self._exited.wait()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 -- counted from when the job is sent
+        kill_on_cancel: bool = True,
+    ) -> T:
         """Run ``fn(*args)`` in the worker and return its result.
 
         ``fn`` may be sync or async: async runs under trio in the worker,
         or on the worker's own loop when ``worker_loop`` is set.
         An exception from the job re-raises here as the same type when it is
         an ``Exception`` that pickles (else :class:`RemoteError`), with the
-        worker's traceback as ``__cause__``. Cancelling this call stops the job: the worker is
-        asked to stop, killed after ``cancel_grace`` seconds, and reaped
-        before the cancellation propagates; the worker is then retired --
-        except on a ``worker_loop`` worker whose job answers the cancel
-        within ``cancel_grace``, which stays warm.
+        worker's traceback as ``__cause__``.
+
+        ``timeout`` (seconds; ``None``: none) counts from when the job is
+        sent. Past it the job is stopped (a cancel request, then SIGKILL
+        after ``cancel_grace``), the worker reaped, and
+        :class:`JobTimeoutError` raised.
+
+        Cancelling this call: with ``kill_on_cancel=True`` (the default) the
+        job is stopped the same way and the worker reaped before the
+        cancellation propagates; the worker is then retired -- except on a
+        ``worker_loop`` worker whose job answers the cancel within
+        ``cancel_grace``, which stays warm. With ``kill_on_cancel=False`` the
+        cancellation propagates at once and the job runs on to its end (or
+        its ``timeout``), its result dropped; the worker then takes jobs
+        again if it has jobs left (a :meth:`run` meanwhile waits for that).
+        A call in an already-cancelled scope sends nothing: it is a
+        checkpoint.
 
         Raises:
             SerializationError: ``fn`` or ``args`` do not pickle (nothing was
                 sent), or the result did not travel back.
+            JobTimeoutError: ``timeout`` elapsed.
             WorkerClosedError: the worker has retired or is shutting down.
             WorkerCrashedError: the process died during the job (``phase``
                 ``"job"``), or before it was sent (``"idle"``).
             WorkerUnresponsiveError, MemoryLimitError, ProtocolError: the
                 worker was killed for that reason during the job.
         """
-        job = await self._run(fn, args)
+        job = await self._run(fn, args, timeout, kill_on_cancel)
         if job is None:
             self._refuse_job()
         return job.unwrap()  # type: ignore[no-any-return]
@@ -230,28 +252,46 @@ class Worker(metaclass=NoPublicConstructor):
 
     # -- one job -------------------------------------------------------------
 
-    async def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> _Job | None:
+    async def _run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float | None = None,  # noqa: ASYNC109 -- counted from when the job is sent
+        kill_on_cancel: bool = True,
+    ) -> _Job | None:
         """Run one job; return it settled, with its value or its error.
 
         Returns ``None`` when the worker died idle, before the job was sent:
         nothing ran, and the caller may submit the job again to another
         worker (:meth:`run` raises :class:`WorkerCrashedError` instead). It
         is the only "try elsewhere" signal. Raises what :meth:`run` raises
-        before anything is sent, and cancellation.
+        before anything is sent, and cancellation (see :meth:`run` for
+        ``timeout`` and ``kill_on_cancel``).
         """
+        check_timeout(timeout)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled call sends nothing
         events = self._events
         if events is None:
-            return await self._send_and_wait(fn, args)
+            return await self._send_and_wait(fn, args, timeout, kill_on_cancel)
         events("job_started", self.pid, None)
         try:
-            job = await self._send_and_wait(fn, args)
+            job = await self._send_and_wait(fn, args, timeout, kill_on_cancel)
         except BaseException as exc:
-            events("job_finished", self.pid, exc)
+            if not self._job_runs_on:  # else "job_finished" comes when it ends
+                events("job_finished", self.pid, exc)
             raise
         events("job_finished", self.pid, self._refusal() if job is None else job.error)
         return job
 
-    async def _send_and_wait(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> _Job | None:
+    async def _send_and_wait(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float | None,  # noqa: ASYNC109 -- see _run
+        kill_on_cancel: bool,
+    ) -> _Job | None:
+        if self._job_ended is not None:  # a job its caller left runs on: wait for its end
+            await self._job_ended.wait()
         if not self.accepting_jobs:
             if self._died_idle():
                 return None
@@ -268,19 +308,62 @@ class Worker(metaclass=NoPublicConstructor):
             return None
         self._job = job
         self._enter("job")
+        if timeout is not None:
+            job.timeout = timeout
+            self._timer.arm("job", trio.current_time() + timeout)
         try:
             await job.wait()
         except BaseException:
             if not job.settled:
+                if not kill_on_cancel:
+                    self._leave_running(job)
+                    raise
                 with trio.CancelScope(shield=True):
                     await self._abandon_job(job)
+            self._job_over(job)
             raise
-        finally:
-            self._shm.release()
-            self._job = None
-            self._jobs_done += 1
-            self._end_job()
+        self._job_over(job)
         return job
+
+    def _job_over(self, job: _Job) -> None:
+        """The job ended (answered, or its process died), whoever waited for it."""
+        self._timer.disarm("job")
+        self._shm.release()
+        self._job = None
+        self._jobs_done += 1
+        self._end_job()
+        if job.orphaned:
+            ended, self._job_ended = self._job_ended, None
+            if ended is not None:
+                ended.set()
+            if self._events is not None:
+                self._events("job_finished", self.pid, job.error)
+
+    def _leave_running(self, job: _Job) -> None:
+        """Its caller left (kill_on_cancel=False): the job runs on, its
+        result is dropped, and its end (:meth:`_job_over`) frees the worker."""
+        job.orphaned = True
+        self._job_ended = trio.Event()
+
+    @property
+    def _job_runs_on(self) -> bool:
+        """A job whose caller left runs (kill_on_cancel=False)."""
+        return self._job_ended is not None
+
+    def _job_timed_out(self) -> None:
+        job = self._job
+        if job is None or job.settled:
+            return
+        job.expired = True  # its answer, if one still comes, no longer counts
+        self._retiring = True
+        self._end_for(
+            JobTimeoutError,
+            "job did not finish within its timeout",
+            setting=f"timeout={job.timeout:g}s",
+            details={"timeout": job.timeout},
+        )
+        self._channel.send_control(_wire.encode(Kind.CANCEL, job.id))
+        self._timer.arm("cancel", trio.current_time() + self._options.cancel_grace)
 
     def _died_idle(self) -> bool:
         """The process ended on its own while idle (no reason of ours)."""
@@ -376,6 +459,8 @@ class Worker(metaclass=NoPublicConstructor):
         job = self._job
         if job is not None and not job.settled:
             job.fail(self._caller_error())
+        if job is not None and job.orphaned:
+            self._job_over(job)
         self._init_settled.set()
 
     async def _kill_and_reap(self) -> None:
@@ -465,6 +550,10 @@ class Worker(metaclass=NoPublicConstructor):
             self._protocol_violation("worker closed its channel but kept running")
         if "ping" in due:
             self._ping_due()
+        if "job" in due:
+            self._job_timed_out()
+        if "cancel" in due:
+            self.kill()  # a timed-out job did not stop within cancel_grace
 
     def _ping_due(self) -> None:
         """Send a ping, or give up on the last one."""
@@ -498,7 +587,11 @@ class Worker(metaclass=NoPublicConstructor):
             job = self._job
             if job is None or job.settled or fields[0] != job.id:
                 raise _wire.FrameError(f"{_wire.NAMES[kind]} for a job that is not running")
+            if job.expired:
+                return  # timed out: the exit settles it
             self._settle_job(job, kind, fields)
+            if job.orphaned:
+                self._job_over(job)
         elif kind == Kind.LOG:
             _forward_log_record(self.pid, self.slot, *fields)
         elif kind == Kind.ALLOC:
@@ -618,7 +711,9 @@ class _Timer:
 
     * ``"init"``: ``init_timeout`` from the start of initialization;
     * ``"eof"``: the grace after EOF for the process to end;
-    * ``"ping"``: send a ping, or, while one is out, give up on it.
+    * ``"ping"``: send a ping, or, while one is out, give up on it;
+    * ``"job"``: the running job's ``timeout``, from when it was sent;
+    * ``"cancel"``: ``cancel_grace`` after a timed-out job was asked to stop.
     """
 
     __slots__ = ("_at", "_scope")
@@ -705,11 +800,14 @@ class _Job:
     """A job's result, and the one task waiting for it. Lighter than a
     trio.Event: this is every job's round trip."""
 
-    __slots__ = ("_waiter", "error", "id", "settled", "value")
+    __slots__ = ("_waiter", "error", "expired", "id", "orphaned", "settled", "timeout", "value")
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
         self.settled = False
+        self.timeout = math.inf  # seconds from when it was sent
+        self.expired = False  # its timeout elapsed: an answer no longer counts
+        self.orphaned = False  # its caller left it running (kill_on_cancel=False)
         self.value: Any = None
         self.error: BaseException | None = None  # set: the job's caller gets this
         self._waiter: trio.lowlevel.Task | None = None

@@ -40,6 +40,7 @@ class FakeWorker:
         self.jobs_done = 0
         self.returncode: int | None = None
         self.dies_before_send = False  # the next job finds it dead: it was never sent
+        self._job_runs_on = False  # as Worker's: no job runs without its caller here
         self._busy = False
         self._exited = trio.Event()
 
@@ -63,14 +64,27 @@ class FakeWorker:
     def kill(self) -> None:
         self.exit(-9)
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        job = await self._run(fn, args)
+    async def run(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = None,
+        kill_on_cancel: bool = True,
+    ) -> Any:
+        job = await self._run(fn, args, timeout, kill_on_cancel)
         if job is None:
             raise WorkerCrashedError("worker died while idle", pid=self.pid, phase="idle")
         return job.unwrap()
 
-    async def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> _Job | None:
-        """As ``Worker._run``: the job settled, or None when never sent."""
+    async def _run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        timeout: float | None = None,
+        kill_on_cancel: bool = True,
+    ) -> _Job | None:
+        """As ``Worker._run`` (``timeout`` and ``kill_on_cancel`` are not
+        modelled): the job settled, or None when never sent."""
         self._events("job_started", self.pid, None)
         try:
             job = await self._send_and_wait(fn, args)
