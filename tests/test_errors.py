@@ -26,6 +26,10 @@ def _examples() -> list[BaseException]:
         setting="memory_limit_mb=512",
     )
     memory.measured_mb, memory.limit_mb, memory.metric = 900.0, 512.0, "pss"
+    timed_out = procsup.JobTimeoutError(
+        "job did not finish within its timeout", pid=18, phase="job", setting="timeout=2s"
+    )
+    timed_out.timeout = 2.0
     return [
         procsup.ProcsupError("base"),
         procsup.UnsupportedPlatformError("Windows is not supported"),
@@ -40,6 +44,7 @@ def _examples() -> list[BaseException]:
             "did not answer a ping", pid=16, phase="job", setting="ping_timeout=10s"
         ),
         memory,
+        timed_out,
         procsup.ProtocolError("worker broke the protocol: garbage", pid=17, phase="job"),
         procsup.NoWorkerAvailableError("no worker in 3 attempts", [start]),
         procsup.RemoteError("KeyboardInterrupt", "pressed", "Traceback ..."),
