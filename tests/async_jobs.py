@@ -174,6 +174,16 @@ async def trio_crashing_init() -> str:
     return "holding crasher"
 
 
+async def asyncio_crashing_init_at_once() -> None:
+    import asyncio
+
+    async def crasher() -> None:
+        raise ValueError("background boom")
+
+    asyncio.create_task(crasher())  # noqa: RUF006 -- dropped on purpose: asyncio reports it
+    await asyncio.sleep(0.1)
+
+
 async def trio_crashing_init_at_once() -> None:
     import trio
 

@@ -248,9 +248,12 @@ async def test_worker_nursery_outside_a_trio_worker_says_where_it_works() -> Non
             await worker.run(procsup.worker_nursery)
 
 
-async def test_a_failing_async_initializer_fails_the_start(start_method: str) -> None:
+@pytest.mark.parametrize("loop", ALL_LOOPS)
+async def test_a_background_task_failing_during_the_initializer_fails_the_start(
+    loop: str, start_method: str
+) -> None:
     with pytest.raises(WorkerStartError, match="background boom"):
-        async with open_worker("trio", start_method, async_jobs.trio_crashing_init_at_once):
+        async with open_worker(loop, start_method, for_loop(loop, "crashing_init_at_once")):
             pass
 
 
