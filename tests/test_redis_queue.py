@@ -237,3 +237,17 @@ async def test_host_without_workers_hands_back_uncounted(redis_server: Any, exec
         record = json.loads(redis_server.cli("GET", f"procsup:{{q}}:r:{job}"))
     assert record["deliveries"] == 1  # the broken host's try did not count
     assert len(redis_jobs.executions(exec_log)) == 1
+
+
+async def test_host_rides_out_error_replies(redis_server: Any) -> None:
+    async with open_queue(redis_server.url, "q") as q, host(redis_server.url) as server:
+        assert await q.call({"value": 1}, timeout=20) == 1
+        redis_server.cli("CONFIG", "SET", "maxmemory", "1")  # every write: OOM error
+        try:
+            with trio.fail_after(20):
+                while server.statistics().health != "degraded":
+                    await trio.sleep(0.05)
+        finally:
+            redis_server.cli("CONFIG", "SET", "maxmemory", "0")
+        assert await q.call({"value": 2}, timeout=20) == 2
+        assert server.statistics().health == "ok"

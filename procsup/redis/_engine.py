@@ -35,6 +35,7 @@ __all__ = [
     "Engine",
     "Entry",
     "QueueStats",
+    "RedisFailure",
     "open_engine",
 ]
 
@@ -46,6 +47,9 @@ _LUA = resources.files(__package__).joinpath("procsup.lua").read_text(encoding="
 
 # What a broken or restarting server raises: the host backs off and retries.
 ConnectionLost = (coredis.exceptions.ConnectionError, TimeoutError, OSError, trio.TooSlowError)
+# What a host rides out: that, or any error reply (out of memory, a loading or
+# read-only replica, a missing permission); it backs off, logs, and retries.
+RedisFailure = (*ConnectionLost, coredis.exceptions.RedisError)
 
 
 @attrs.frozen

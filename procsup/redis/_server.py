@@ -27,7 +27,7 @@ from .._errors import (
     WorkerCrashedError,
     WorkerError,
 )
-from ._engine import ConnectionLost, Engine, Entry, open_engine
+from ._engine import ConnectionLost, Engine, Entry, RedisFailure, open_engine
 from ._errors import error_fields
 
 __all__ = ["COUNTERS", "ServeStatistics", "Server", "open_server"]
@@ -210,7 +210,7 @@ class Server:
                 continue
             try:
                 entries = await self._engine.fetch(n, _BLOCK)
-            except ConnectionLost as exc:
+            except RedisFailure as exc:
                 await self._down("read", exc)
                 continue
             self._up()
@@ -223,14 +223,14 @@ class Server:
             await trio.sleep(self._lease / 2)
             if trio.current_time() >= next_gc:
                 next_gc = trio.current_time() + _GC_EVERY
-                with contextlib.suppress(*ConnectionLost):
+                with contextlib.suppress(*RedisFailure):
                     await self._engine.collect_garbage(max(_GC_IDLE, 10 * self._lease))
             n = self._room()
             if n == 0 or trio.current_time() < self._reclaim_after:
                 continue
             try:
                 entries = await self._engine.reclaim(n, self._lease, self._max_deliveries)
-            except ConnectionLost as exc:
+            except RedisFailure as exc:
                 await self._down("reclaim", exc)
                 continue
             self._up()
@@ -243,7 +243,7 @@ class Server:
             before = trio.current_time()
             try:
                 now_ms, lost = await self._engine.renew(list(self._held), self._status())
-            except ConnectionLost as exc:
+            except RedisFailure as exc:
                 await self._down("renew", exc)
                 continue  # renew first when the server is back
             self._server_offset_ms = now_ms - (before + trio.current_time()) * 500
@@ -399,7 +399,7 @@ class Server:
                     done = await engine.dead_letter(
                         entry, outcome.reason, outcome.error, outcome.payload
                     )
-            except ConnectionLost as exc:
+            except RedisFailure as exc:
                 await self._down(outcome.action, exc)
                 continue
             break
@@ -424,14 +424,14 @@ class Server:
                 if entry not in self._held:
                     orphan = Entry(entry, entry, None, 1, None)
                     await self._engine.release(orphan, counted=False)
-        except ConnectionLost as exc:
+        except RedisFailure as exc:
             self._counts["redis_errors"] += 1
             log.warning("could not hand back orphaned entries: %s", exc)
 
     async def _forget(self) -> None:
         try:
             await self._engine.forget_host()
-        except ConnectionLost:
+        except RedisFailure:
             pass
 
     # -- health ----------------------------------------------------------------
@@ -440,7 +440,7 @@ class Server:
         self._counts["redis_errors"] += 1
         self._failures += 1
         if self._connected:
-            log.warning("Redis unreachable (%s: %s); retrying", op, exc)
+            log.warning("Redis call failed (%s: %s); retrying with backoff", op, exc)
             self._connected = False
             await self._engine.connect()
         await trio.sleep(
