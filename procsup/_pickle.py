@@ -67,9 +67,15 @@ def _not_importable_in_a_worker(fn: object) -> str | None:
     (its ``__main__`` has no file), or None."""
     while isinstance(fn, functools.partial):
         fn = fn.func
-    if getattr(fn, "__module__", None) == "__main__" and not parent_main_reference():
+    if getattr(fn, "__module__", None) == "__main__" and not _main_importable():
         return "it is defined in __main__ of an interactive session, python -c or stdin"
     return None
+
+
+@functools.cache
+def _main_importable() -> bool:
+    # Once per process (a stat per job otherwise): __main__ does not move.
+    return bool(parent_main_reference())
 
 
 def _not_by_reference(fn: object, error: Exception) -> str | None:
