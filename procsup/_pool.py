@@ -46,6 +46,7 @@ from ._events import EventHub, PoolEvent
 from ._limits import ensure_descriptors
 from ._load import idle_target
 from ._options import PoolOptions, WorkerOptions, check_timeout, pick
+from ._pings import IdlePings
 from ._spawn import open_spawner
 from ._startup import EnvOption
 from ._util import NoPublicConstructor, collapse_single_group
@@ -188,6 +189,7 @@ class Pool(metaclass=NoPublicConstructor):
         # -- starts
         self._in_flight: set[int] = set()  # starts not yet settled (warm, failed or gone)
         self._start_slots = StartSlots(options.start_slots)
+        self._idle_pings = IdlePings(lambda: self._counts[IDLE])
         self._record = StartRecord(options.backoff_base, options.backoff_cap)
         # -- acquisition
         # Warm members on offer; may hold stale ones (_claim skips them).
@@ -541,6 +543,7 @@ class Pool(metaclass=NoPublicConstructor):
 
     def _ready(self, member: _Member, worker: Worker) -> None:
         member.worker = worker
+        worker._join_pool(self._idle_pings)
         self._in_flight.discard(member.seq)
         self._record.succeeded()
         self._set_state(member, IDLE)

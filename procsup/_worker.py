@@ -48,6 +48,7 @@ from ._errors import (
 from ._logextra import record_extra
 from ._options import WorkerOptions, check_timeout
 from ._pickle import dump_job, load_result, rebuild_error
+from ._pings import IdlePings
 from ._process import ChildProcess
 from ._spawn import Spawner, open_spawner
 from ._startup import EnvOption, startup_fields
@@ -128,6 +129,10 @@ class Worker(metaclass=NoPublicConstructor):
         # -- the timer: the exit watcher's wait; see _Timer for the deadlines
         self._timer = _Timer()
         self._ping_stamp: float | None = None  # the ping not yet answered; None: none out
+        # A pool's workers: idle ones are pinged at the pool's rate (_pings);
+        # _ping_late: the next ping is armed past ping_interval from its answer.
+        self._idle_pings: IdlePings | None = None
+        self._ping_late = False
         self.last_ping_rtt: float | None = None
         """Round trip of the last answered ping, in seconds."""
         self.memory_mb: float | None = None
@@ -311,6 +316,9 @@ class Worker(metaclass=NoPublicConstructor):
         if timeout is not None:
             job.timeout = timeout
             self._timer.arm("job", trio.current_time() + timeout)
+        if self._ping_late and self._ping_stamp is None:  # busy: pinged at ping_interval
+            self._ping_late = False
+            self._timer.arm("ping", trio.current_time() + self._options.ping_interval)
         try:
             await job.wait()
         except BaseException:
@@ -555,6 +563,19 @@ class Worker(metaclass=NoPublicConstructor):
         if "cancel" in due:
             self.kill()  # a timed-out job did not stop within cancel_grace
 
+    def _join_pool(self, idle_pings: IdlePings) -> None:
+        """A pool took this worker: while idle, it is pinged at the pool's rate."""
+        self._idle_pings = idle_pings
+        if self._ping_stamp is None:
+            self._arm_next_ping(trio.current_time())
+
+    def _arm_next_ping(self, now: float) -> None:
+        gap = self._options.ping_interval
+        if self._idle_pings is not None and self._phase == "idle":
+            gap = self._idle_pings.gap(gap)
+            self._ping_late = gap > self._options.ping_interval
+        self._timer.arm("ping", now + gap)
+
     def _ping_due(self) -> None:
         """Send a ping, or give up on the last one."""
         opts = self._options
@@ -608,7 +629,7 @@ class Worker(metaclass=NoPublicConstructor):
             now = trio.current_time()
             self.last_ping_rtt = now - fields[0]
             self._ping_stamp = None
-            self._timer.arm("ping", now + self._options.ping_interval)
+            self._arm_next_ping(now)
         elif self._retiring:
             pass  # an answer to an initialization we gave up on
         elif self._init_settled.is_set() or self._phase != "init":

@@ -1,13 +1,20 @@
-"""A pool's file descriptors: it raises the soft RLIMIT_NOFILE when it needs
-more, and refuses to open, naming the limit, when even the hard one is
-short. Each case runs a parent of its own with lowered limits."""
+"""What a large pool costs the parent: file descriptors (it raises the soft
+RLIMIT_NOFILE when it needs more, and refuses to open, naming the limit,
+when even the hard one is short; each case runs a parent of its own with
+lowered limits), and pings (idle workers at a bounded rate in all)."""
 
 from __future__ import annotations
 
 import json
 
+import helpers
 import pytest
+import trio
 from support import start_parent
+
+import procsup
+from procsup._pings import IDLE_PINGS_PER_SECOND
+from procsup._worker import Worker
 
 _PARENT = """
 import json, resource, sys
@@ -53,3 +60,30 @@ def test_a_pool_over_the_hard_limit_says_which_limit() -> None:
     assert "120 workers" in str(got["error"])
     assert got["hard"] == 256
     assert int(str(got["needed"])) > 256
+
+
+async def test_a_large_pool_pings_its_idle_workers_at_a_bounded_rate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """20 idle workers, ping_interval=0.05: 400 pings a second unbounded,
+    IDLE_PINGS_PER_SECOND in all; a busy one is pinged every ping_interval."""
+    pinged: list[int] = []
+    ping_due = Worker._ping_due
+
+    def counting(self: Worker) -> None:
+        pinged.append(self.pid)
+        ping_due(self)
+
+    monkeypatch.setattr(Worker, "_ping_due", counting)
+    async with procsup.open_pool(
+        idle=20, max_workers=20, max_jobs=None, ping_interval=0.05, ping_timeout=10.0
+    ) as pool:
+        await pool.wait_warm()
+        await trio.sleep(1.0)  # the first pings, from before the pool was full
+        pinged.clear()
+        await trio.sleep(2.0)
+        assert len(pinged) <= 3 * IDLE_PINGS_PER_SECOND
+        pinged.clear()
+        async with pool.acquire() as worker:
+            await worker.run(helpers.sleep_for, 1.0)
+        assert pinged.count(worker.pid) >= 5
