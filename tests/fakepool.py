@@ -56,6 +56,9 @@ class FakeWorker:
     async def wait_exited(self) -> None:
         await self._exited.wait()
 
+    def _join_pool(self, idle_pings: object) -> None:
+        """As ``Worker._join_pool``; a fake is not pinged."""
+
     def exit(self, returncode: int = 0) -> None:
         if self.alive:
             self.returncode = returncode
