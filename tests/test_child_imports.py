@@ -14,8 +14,16 @@ import sys
 from support import ROOT
 
 # _child_loop: imported by a worker with a worker_loop, which then imports
-# that loop's library itself (asyncio, uvloop or trio), not before.
-CHILD_SIDE = ["procsup._child", "procsup._child_loop", "procsup._wire", "procsup._forkserver_child"]
+# that loop's library itself (asyncio, uvloop or trio), not before; _logextra
+# and _capture: by one whose records carry extra fields, or that captures output.
+CHILD_SIDE = [
+    "procsup._child",
+    "procsup._child_loop",
+    "procsup._wire",
+    "procsup._forkserver_child",
+    "procsup._logextra",
+    "procsup._capture",
+]
 
 ALLOWED = {
     "procsup",
