@@ -81,3 +81,32 @@ class FrozenError(Exception):
 
 def raise_frozen() -> None:
     raise FrozenError()
+
+
+class _RaisesWhenPickled:
+    """A value whose pickling (in the worker) raises ``kind``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise {"SystemExit": SystemExit(4), "KeyboardInterrupt": KeyboardInterrupt()}[self.kind]
+
+
+def return_unpicklable_base(kind: str) -> _RaisesWhenPickled:
+    return _RaisesWhenPickled(kind)
+
+
+class HostileError(Exception):
+    """An exception whose str() raises SystemExit and whose pickling raises
+    KeyboardInterrupt, both in the worker."""
+
+    def __str__(self) -> str:
+        raise SystemExit(5)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise KeyboardInterrupt
+
+
+def raise_hostile() -> None:
+    raise HostileError

@@ -120,3 +120,17 @@ async def test_an_ordinary_exception_still_arrives_as_itself() -> None:
     assert type(got) is ValueError
     assert str(got) == "bad input"
     assert isinstance(got.__cause__, procsup.RemoteTraceback)
+
+
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+async def test_a_result_whose_pickling_raises_in_the_worker_is_a_serialization_error(
+    kind: str,
+) -> None:
+    got = await _beside_an_innocent(badjobs.return_unpicklable_base, kind)
+    assert isinstance(got, procsup.SerializationError), repr(got)
+    assert "_RaisesWhenPickled" in str(got)
+
+
+async def test_an_exception_whose_str_and_pickling_raise_is_a_remote_error() -> None:
+    got = await _beside_an_innocent(badjobs.raise_hostile)
+    _check_remote(got, "badjobs.HostileError", "<unprintable HostileError>", "raise_hostile")
