@@ -170,6 +170,7 @@ def all_cases() -> list[Case]:
             cases.append(Case(f"w4_procsup_{method}_{kind}", "w4", run))
     cases.append(Case("w4_procsup_asyncio_reuse", "w4", _procsup("w4_async_reuse")))
     cases.append(Case("w4_mp_fork_oneshot", "w4", _peer("w4_mp_fork_oneshot")))
+    cases.append(Case("w4_trio_parallel_reuse", "w4", _peer("w4_trio_parallel_reuse")))
     for method in METHODS:
         cases.append(
             Case(f"w5_procsup_{method}", "w5", _procsup("w5_memory", method, quick_arg=False))

@@ -321,6 +321,29 @@ def w4_mp_fork_oneshot(quick: bool) -> dict[str, Any]:
     return latency_summary(latencies)
 
 
+def w4_trio_parallel_reuse(quick: bool) -> dict[str, Any]:
+    """100 sequential noop jobs through trio-parallel's reusing workers, fork
+    worker type (the reference of issue 14's reuse target)."""
+    trio_parallel = _import("trio_parallel")
+    import trio
+
+    n = 20 if quick else 100
+
+    async def main() -> dict[str, Any]:
+        fork = trio_parallel.WorkerType.FORK
+        async with trio_parallel.open_worker_context(worker_type=fork) as ctx:
+            for _ in range(10):
+                await ctx.run_sync(jobs.noop)
+            latencies = []
+            for _ in range(n):
+                start = time.perf_counter()
+                await ctx.run_sync(jobs.noop)
+                latencies.append(time.perf_counter() - start)
+        return latency_summary(latencies)
+
+    return trio.run(main)
+
+
 def w5_mp_fork() -> dict[str, Any]:
     """RSS/USS/PSS of one idle multiprocessing fork worker, forked from a
     parent that imported what a procsup user's parent has (trio, procsup)."""

@@ -461,6 +461,38 @@ def issue14(r: Results) -> Section:
         )
         for peer, label in W6_PEERS.items():
             rows.append(plain(f"W6 {kind} peer: {label}", r.get(f"w6_{peer}_{kind}"), _bandwidth))
+    for method in METHODS:
+        rows.append(
+            compare(
+                f"W4 reuse p50, procsup {method}, vs trio-parallel (fork workers)",
+                r.get(f"w4_procsup_{method}_reuse"),
+                lambda x: fmt_time(x["p50"]),
+                r.get("w4_trio_parallel_reuse"),
+                lambda x: f"trio-parallel p50 {fmt_time(x['p50'])}",
+                keys=("p50", "p50"),
+                target="<= 0.8x",
+                limit=("<=", 0.8),
+            )
+        )
+        rows.append(
+            compare(
+                f"W4 one-shot p50, procsup {method}, vs multiprocessing fork",
+                r.get(f"w4_procsup_{method}_oneshot"),
+                lambda x: fmt_time(x["p50"]),
+                r.get("w4_mp_fork_oneshot"),
+                lambda x: f"mp fork one-shot p50 {fmt_time(x['p50'])}",
+                keys=("p50", "p50"),
+                target="<= 0.7x",
+                limit=("<=", 0.7),
+            )
+        )
+    rows.append(
+        plain(
+            "W4 peer: trio_parallel reusing workers, fork, sequential noop",
+            r.get("w4_trio_parallel_reuse"),
+            _latency,
+        )
+    )
     w7 = r.get("w7_procsup")
     rows += [
         bounded(
