@@ -5,9 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
+
+if TYPE_CHECKING:
+    from ._outcomes import PoolObserver
 
 __all__ = ["EVENT_LEVELS", "EventHub", "PoolEvent"]
 
@@ -62,6 +66,7 @@ class EventHub:
     def __init__(self, on_event: Callable[[PoolEvent], object] | None) -> None:
         self._on_event = on_event
         self._subscribers: list[trio.MemorySendChannel[PoolEvent]] = []  # open ones only
+        self.observers: list[PoolObserver] = []  # procsup.metrics, told synchronously
 
     @asynccontextmanager
     async def subscribe(self, buffer: int) -> AsyncIterator[trio.MemoryReceiveChannel[PoolEvent]]:
@@ -86,9 +91,11 @@ class EventHub:
     ) -> None:
         level = EVENT_LEVELS[kind]
         log = logger.isEnabledFor(level)
-        if not (log or self._subscribers or self._on_event is not None):
+        if not (log or self._subscribers or self._on_event is not None or self.observers):
             return  # nobody listens: a one-shot worker has five events
         event = PoolEvent(kind, pid, trio.current_time(), returncode, error)
+        for observer in self.observers:
+            observer.event(event)
         if log:
             logger.log(level, "%s", event.describe())
         if self._on_event is not None:

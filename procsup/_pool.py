@@ -46,6 +46,7 @@ from ._events import EventHub, PoolEvent
 from ._limits import ensure_descriptors
 from ._load import idle_target
 from ._options import PoolOptions, WorkerOptions, check_timeout, pick
+from ._outcomes import OUTCOMES, PoolObserver, job_outcome
 from ._pings import IdlePings
 from ._spawn import open_spawner
 from ._startup import EnvOption
@@ -95,6 +96,9 @@ class PoolStatistics:
         health: ``"ok"``, or ``"degraded"`` while starts keep failing.
         last_start_error: the newest start failure, or ``None``.
         jobs_completed: jobs run through the pool that returned or raised.
+        jobs_by_outcome: ``jobs_completed`` by how they ended: a count for
+            each of ``"ok"``, ``"error"``, ``"crashed"``, ``"timeout"``,
+            ``"cancelled"`` and ``"memory"`` (see :doc:`metrics`).
     """
 
     idle: int
@@ -110,6 +114,7 @@ class PoolStatistics:
     health: str
     last_start_error: BaseException | None
     jobs_completed: int
+    jobs_by_outcome: Mapping[str, int]
 
     @property
     def live(self) -> int:
@@ -172,9 +177,14 @@ class Pool(metaclass=NoPublicConstructor):
     public constructor."""
 
     def __init__(
-        self, options: PoolOptions, start_worker: StartWorker, nursery: trio.Nursery
+        self,
+        options: PoolOptions,
+        start_worker: StartWorker,
+        nursery: trio.Nursery,
+        worker_name: str = "",
     ) -> None:
         self._options = options
+        self._worker_name = worker_name  # what the workers show in ps (procsup._startup)
         self._start_worker = start_worker
         self._nursery = nursery  # the lifetime tasks' and the keeper's
         self._closed = False  # set once, by _close: nothing starts, every acquirer leaves
@@ -200,6 +210,7 @@ class Pool(metaclass=NoPublicConstructor):
         self._timers_changed = trio.Event()  # set when the keeper's next due time moved
         self._polled_load = 0.0  # the load callable's last answer (only with options.load)
         self._jobs_completed = 0
+        self._job_outcomes: Counter[str] = Counter()  # sums to _jobs_completed
         self._events = EventHub(options.on_event)
         self._changed_event: trio.Event | None = None  # made when someone waits
 
@@ -289,6 +300,7 @@ class Pool(metaclass=NoPublicConstructor):
             health="degraded" if record.consecutive_failures else "ok",
             last_start_error=record.last_error,
             jobs_completed=self._jobs_completed,
+            jobs_by_outcome={outcome: self._job_outcomes[outcome] for outcome in OUTCOMES},
         )
 
     @asynccontextmanager
@@ -305,6 +317,11 @@ class Pool(metaclass=NoPublicConstructor):
             yield receive
 
     @property
+    def name(self) -> str:
+        """The name the pool's workers show in ``ps`` and ``top`` (``name=``)."""
+        return self._worker_name
+
+    @property
     def closed(self) -> bool:
         """True once the pool's ``async with`` block has started to exit."""
         return self._closed
@@ -313,12 +330,14 @@ class Pool(metaclass=NoPublicConstructor):
 
     @classmethod
     @asynccontextmanager
-    async def _open(cls, options: PoolOptions, start_worker: StartWorker) -> AsyncIterator[Pool]:
+    async def _open(
+        cls, options: PoolOptions, start_worker: StartWorker, worker_name: str = ""
+    ) -> AsyncIterator[Pool]:
         """A running pool for the block; on the way out, however it goes,
         every waiter is woken and every child stopped and reaped."""
         with collapse_single_group():
             async with open_service_nursery() as nursery:
-                pool = cls._create(options, start_worker, nursery)
+                pool = cls._create(options, start_worker, nursery, worker_name)
                 pool._start()
                 try:
                     yield pool
@@ -370,14 +389,23 @@ class Pool(metaclass=NoPublicConstructor):
             self._record.spawned += 1
         elif kind == "job_finished":
             self._jobs_completed += 1
+            self._job_outcomes[job_outcome(error)] += 1
         self._events.emit(kind, pid, error=error)
         if kind == "job_finished" and not member.lent:
             self._release(member)  # a job its caller left has ended
+
+    def _observe(self, observer: PoolObserver, *, stop: bool = False) -> None:
+        """Start (or stop) telling ``observer`` what happens here."""
+        if stop:
+            self._events.observers.remove(observer)
+        else:
+            self._events.observers.append(observer)
 
     # -- acquisition -----------------------------------------------------------
 
     async def _acquire(self) -> tuple[_Member, Worker]:
         self._check_open()
+        begun = trio.current_time()
         timeout = self._options.acquire_timeout
         errors: list[BaseException] = []
         with trio.move_on_after(timeout) if timeout is not None else nullcontext():
@@ -388,6 +416,8 @@ class Pool(metaclass=NoPublicConstructor):
                     # A replacement starts warming now; not from _claim, where
                     # the claimer still counts as waiting (one start too many).
                     self._rebalance()
+                    for observer in self._events.observers:
+                        observer.acquired(trio.current_time() - begun)
                     return got
                 attempts += 1
                 if self._record.last_error is not None:
@@ -713,5 +743,5 @@ async def open_pool(
     ensure_descriptors(max(idle, max_workers or 0), options.start_slots)
     async with open_spawner(wopts) as spawner:
         start_worker = functools.partial(supervise, wopts, spawner)
-        async with Pool._open(options, start_worker) as pool:
+        async with Pool._open(options, start_worker, wopts.name or "") as pool:
             yield pool

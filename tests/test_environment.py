@@ -3,6 +3,7 @@ and what ``ps`` and ``top`` show, under both start methods."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 
@@ -166,3 +167,22 @@ async def test_the_default_name_is_the_initializers(start_method: str) -> None:
             "procsup/0",
             f"{sys.executable} procsup worker slot=0",
         )
+
+
+_calls = itertools.count()
+
+
+def env_failing_first(slot: int) -> dict[str, str]:
+    if next(_calls) == 0:
+        raise RuntimeError("the first start fails")
+    return {}
+
+
+async def test_a_pool_reaches_its_idle_target_after_a_failed_start() -> None:
+    # One start fails while another is warming: once that one is warm, the
+    # pool must start the missing worker (it used to wait for an event that
+    # never came).
+    async with procsup.open_pool(idle=2, max_workers=3, env=env_failing_first) as pool:
+        with trio.fail_after(20):
+            await pool.wait_warm()
+        assert pool.statistics().start_failures == 1
