@@ -575,10 +575,13 @@ class Pool(metaclass=NoPublicConstructor):
         member.worker = worker
         worker._join_pool(self._idle_pings)
         self._in_flight.discard(member.seq)
+        recovered = self._record.consecutive_failures > 0
         self._record.succeeded()
         self._set_state(member, IDLE)
         self._events.emit("ready", worker.pid)
         self._ready_send.send_nowait(member)
+        if recovered:  # the probe succeeded: warm the rest now, not at the next event
+            self._rebalance()
 
     def _start_failed(self, member: _Member, exc: WorkerStartError) -> None:
         self._in_flight.discard(member.seq)
