@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none; an async FUNC runs under a fresh trio.run per call)",
     )
     run.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve the pool's Prometheus metrics at http://HOST:PORT/metrics during the run "
+        "(needs procsup[prometheus]; port 0 picks a free one; the address is printed on stderr)",
+    )
+    run.add_argument(
         "-i",
         "--input",
         default="-",
@@ -308,6 +315,7 @@ class _RunConfig:
         except ModuleNotFoundError as exc:  # uvloop is not installed
             raise UsageError(f"--worker-loop {self.worker_loop}: {exc}") from None
         self.quiet: bool = args.quiet
+        self.metrics = _metrics_address(args.metrics) if args.metrics else None
         _make_cwd_importable()
         self.fn = load_callable(args.func, "MODULE:FUNC")
         self.init = load_callable(args.init, "--init") if args.init else None
@@ -414,7 +422,12 @@ class _Run:
             max_jobs=cfg.max_jobs,
             memory_limit_mb=cfg.memory_limit_mb,
             worker_loop=cfg.worker_loop,
+            capture_output=True,  # a job's output on stderr, with its worker's pid
         ) as pool:
+            if cfg.metrics is not None:
+                import procsup.metrics
+
+                procsup.metrics.register(pool, name="run")
             try:
                 async with pool.acquire():
                     pass  # at least one worker can start: fail fast on a broken --init
@@ -580,11 +593,53 @@ def _run_and_report(cfg: _RunConfig, in_fd: int, out: IO[str], out_is_terminal: 
     _show_warnings_on_stderr()
     tally = Tally(total=None)
     mode = "quiet" if cfg.quiet else "live" if sys.stderr.isatty() else "plain"
-    with open_display("procsup run", tally, mode=mode) as display:
+    try:
+        metrics = _serve_metrics(cfg.metrics)
+    except OSError as exc:
+        host, port = cfg.metrics or ("", 0)
+        print(f"procsup run: error: cannot serve metrics on {host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with metrics, open_display("procsup run", tally, mode=mode) as display:
         writer = _Writer(out, display, tally, to_terminal=out_is_terminal)
         run = _Run(cfg, in_fd, writer, display)
         trio.run(run.main)
     return _report(run, tally)
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` of ``--metrics``, checked (and prometheus-client with it)."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")  # [::1]:9100
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"--metrics {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9100")
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--metrics needs prometheus-client: pip install 'procsup[prometheus]'"
+        ) from None
+    return host, int(port)
+
+
+@contextmanager
+def _serve_metrics(address: tuple[str, int] | None) -> Iterator[None]:
+    """prometheus-client's HTTP server on ``address`` for the block (its
+    default registry, where the run registers its pool)."""
+    if address is None:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    host, port = address
+    server, thread = start_http_server(port, addr=host)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"procsup run: metrics at http://{shown}:{server.server_port}/metrics", file=sys.stderr)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def _report(run: _Run, tally: Tally) -> int:
@@ -630,9 +685,16 @@ def _show_warnings_on_stderr() -> None:
             except Exception:  # noqa: BLE001 -- logging must not break the run
                 self.handleError(record)
 
+    class Format(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if record.name.startswith("procsup.worker."):  # a job's own output line
+                return record.getMessage()
+            return super().format(record)
+
     root = logging.getLogger()
     if not root.handlers:
         handler = Handler()
-        handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+        handler.setFormatter(Format("%(name)s: %(levelname)s: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
+        logging.getLogger("procsup.worker").setLevel(logging.INFO)  # captured stdout too

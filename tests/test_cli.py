@@ -1,9 +1,9 @@
 """The ``procsup`` command, driven end to end in a subprocess, as a user would.
 
 Every test runs the command in its own directory whose name holds a unique
-marker; workers inherit the command's ``sys.path`` (which holds that
-directory) on their command line, so "nothing left running" is checked by
-finding no process whose command line contains the marker.
+marker; workers inherit it as their working directory, so "nothing left
+running" is checked by finding no process whose command line or working
+directory contains the marker.
 """
 
 from __future__ import annotations
