@@ -342,12 +342,12 @@ class _Writer:
         return self._next
 
     def complete(self, index: int, record: dict[str, Any]) -> None:
-        error = record.get("error")
+        line, error = _dump_record(record)  # first: a result that is not JSON is an error
         if error is not None:
             self._tally.failed[error["type"]] += 1
         self._tally.done += 1
         self._display.advance()
-        self._pending[index] = _dump_record(record)
+        self._pending[index] = line
         while self._next in self._pending and not self.broken:
             self._emit(self._pending.pop(self._next))
             self._next += 1
@@ -368,14 +368,16 @@ class _Writer:
             self.broken = True
 
 
-def _dump_record(record: dict[str, Any]) -> str:
+def _dump_record(record: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """The record's line, and its error (if any) as written: a result that
+    cannot be written as JSON (a set, bytes, NaN) becomes an error record."""
     try:
-        return json.dumps(record, allow_nan=False)
+        return json.dumps(record, allow_nan=False), record.get("error")
     except (TypeError, ValueError) as exc:  # the result is not JSON
         error = error_fields(exc)
         error["message"] = f"the result cannot be written as JSON: {exc}"
         error["phase"] = "output"
-        return json.dumps({"index": record["index"], "error": error})
+        return json.dumps({"index": record["index"], "error": error}), error
 
 
 class _Run:

@@ -53,7 +53,7 @@ import trio
 from . import _forkserver_child as proto
 from ._backoff import backoff_delay
 from ._errors import WorkerStartError, describe_exit
-from ._process import ChildProcess, _ExecChild, _open_pidfd, kill_group, parent_main_reference
+from ._process import ChildProcess, _ExecChild, _open_pidfd, kill_process, parent_main_reference
 from ._startup import environ_snapshot
 
 __all__ = ["ForkServerSpawner"]
@@ -292,7 +292,7 @@ class _Template:
     def _forget(self, child: _ForkChild) -> None:
         """The template cannot report ``child`` any more: kill its group, settle it."""
         self._children.pop(child.pid, None)
-        kill_group(child.pid)
+        kill_process(child.pid)
         child._settle(None)
 
     # -- the reader: a system task per template --------------------------------
@@ -425,7 +425,7 @@ class _ForkChild:
         # Once reported, the template has killed the group and reaped the
         # leader: the pid may belong to someone else now.
         if not self._settled.is_set():
-            kill_group(self.pid)
+            kill_process(self.pid)
 
     def _settle(self, status: int | None) -> None:
         if not self._settled.is_set():

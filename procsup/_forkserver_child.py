@@ -244,10 +244,12 @@ def _reap(ctrl: _socket.socket) -> None:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, _signal.SIGKILL)
-    except OSError:
-        pass
+    """The worker (a job may have moved it to another group) and its group."""
+    for kill in (os.kill, os.killpg):
+        try:
+            kill(pgid, _signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _shutdown() -> NoReturn:

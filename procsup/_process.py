@@ -12,7 +12,7 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["ChildProcess", "kill_group", "parent_main_reference"]
+__all__ = ["ChildProcess", "kill_process", "parent_main_reference"]
 
 
 class ChildProcess(Protocol):
@@ -31,12 +31,15 @@ class ChildProcess(Protocol):
         ...
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL a process group, ignoring one that is already gone."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def kill_process(pid: int) -> None:
+    """SIGKILL a worker and the process group it leads, ignoring what is
+    already gone. Both: a job may move its worker into another group, and
+    the group still holds the job's own subprocesses."""
+    for kill, target in ((os.kill, pid), (os.killpg, pid)):
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def parent_main_reference() -> str:
@@ -79,7 +82,7 @@ class _ExecChild:
             if self._returncode is None:
                 # The leader is a zombie now, so its pid (the group id) cannot
                 # have been reused: kill the rest of the group, then reap.
-                kill_group(self.pid)
+                kill_process(self.pid)
                 self._returncode = self._popen.wait()
                 if self._pidfd is not None:
                     os.close(self._pidfd)
@@ -88,7 +91,7 @@ class _ExecChild:
 
     def kill(self) -> None:
         if self._returncode is None:
-            kill_group(self.pid)
+            kill_process(self.pid)
 
     async def _wait_exited_unreaped(self) -> None:
         if self._pidfd is not None:

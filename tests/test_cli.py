@@ -53,6 +53,10 @@ JOBS_MODULE = textwrap.dedent(
         return x * 2
 
 
+    def not_json(x):
+        return {"set": {1}, "bytes": b"x", "nan": float("nan")}.get(x, x)
+
+
     def tagged(x):
         return [x, procsup.worker_state()]
 
@@ -164,6 +168,18 @@ def test_run_writes_one_record_per_input_in_input_order(project: Path) -> None:
     assert "5 failed" in done.stderr
     assert "TimeoutError 1" in done.stderr
     assert survivors(project.name) == []
+
+
+def test_a_result_that_is_not_json_is_an_error_record_and_a_failed_run(project: Path) -> None:
+    """Issue 10 item 10: a set, bytes or NaN cannot be written as JSON: an
+    error record, counted as a failure, and a non-zero exit."""
+    done = run_cli(project, "run", "clijobs:not_json", stdin='"set"\n"bytes"\n"nan"\n1\n')
+
+    assert done.returncode == 1, done.stderr
+    out = records(done.stdout)
+    assert [r.get("result") for r in out] == [None, None, None, 1]
+    assert [r["error"]["phase"] for r in out[:3]] == ["output"] * 3
+    assert "1 ok, 3 failed" in done.stderr
 
 
 def test_run_all_ok_from_stdin_to_a_file(project: Path) -> None:
