@@ -264,25 +264,29 @@ class _FrameReader:
 
 
 _channel: _Channel | None = None
+_start_mark: Any = None  # the shared word the parent reads: the last job taken (procsup._startmark)
 _orders: _FrameReader | None = None  # the jobs socket's frames, read by the main thread
 _main_thread = 0
 
 
-def main(fd: int, control_fd: int, parent_main: str = "") -> NoReturn:
+def main(fd: int, control_fd: int, parent_main: str = "", mark_fd: int = -1) -> NoReturn:
     """Entry point of an exec'd worker process: :func:`run`, then exit."""
-    sys.exit(run(fd, control_fd, parent_main))
+    sys.exit(run(fd, control_fd, parent_main, mark_fd))
 
 
-def run(fd: int, control_fd: int, parent_main: str = "") -> int:
+def run(fd: int, control_fd: int, parent_main: str = "", mark_fd: int = -1) -> int:
     """A worker's life on its inherited socket ends ``fd`` (jobs) and
     ``control_fd`` (pings and cancellation); returns its exit code.
 
     ``parent_main`` says where the parent's ``__main__`` comes from (see
-    :func:`procsup._process.parent_main_reference`).
+    :func:`procsup._process.parent_main_reference`). ``mark_fd`` is the
+    start mark's memory (see :mod:`procsup._startmark`; -1: none).
     """
     global _channel
     for inherited in (fd, control_fd):
         os.set_inheritable(inherited, False)  # a job's own subprocesses must not hold them
+    if mark_fd >= 0:
+        _map_start_mark(mark_fd)
     if parent_main:
         sys.modules["__main__"] = _ParentMain(parent_main)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -396,33 +400,56 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
         job = job_order(*_next_order(orders))
         if job is None:
             return 0  # STOP
+        _begin_job()
         _run_job(channel, *job)
         done += 1
     return 0
 
 
 def job_order(kind: int, fields: tuple[Any, ...]) -> tuple[int, Any] | None:
-    """A JOB or JOB_SHM order as (job id, payload or its loader); None for STOP."""
+    """A JOB or JOB_SHM order as (job id, payload or its loader); None for
+    STOP. The job is ours from here on: its id goes into the start mark, and
+    the parent may no longer run it elsewhere."""
+    if kind not in (Kind.JOB, Kind.JOB_SHM):
+        return None
+    if _start_mark is not None:
+        _start_mark[0] = fields[0]
     if kind == Kind.JOB_SHM:  # large buffers in shared memory
         from . import _shm
 
         return fields[0], _shm.job_loader(*fields[1:])
-    if kind != Kind.JOB:
-        return None
     return fields[0], fields[1]
+
+
+def _map_start_mark(fd: int) -> None:
+    global _start_mark
+    import mmap
+
+    _start_mark = memoryview(mmap.mmap(fd, 8)).cast("q")
+    os.close(fd)
+
+
+def _begin_job() -> None:
+    """From here a cancellation interrupts the job; one that came first
+    (the control thread sets the flag, then reads the canceller: one of the
+    two sees the other) stops it before any of its code runs."""
+    global _canceller
+    _canceller = _interrupt_main
+    if _cancel_requested:
+        raise _Interrupted
 
 
 def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
     global _canceller
     try:
-        fn, args = _loads(payload)
-    except _Interrupted:
-        raise
-    except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
-        channel.send(_error_frame(channel, job_id, exc))
-        return
-    try:
-        _canceller = _interrupt_main
+        try:
+            fn, args = _loads(payload)
+        except _Interrupted:
+            raise
+        except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
+            _canceller = None
+            channel.send(_error_frame(channel, job_id, exc))
+            return
         try:
             result = _call(fn, *args)
         finally:

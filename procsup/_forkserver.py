@@ -110,9 +110,9 @@ class ForkServerSpawner:
         template = self._template
         return template.pid if template is not None and template.alive else None
 
-    async def spawn(self, fd: int, control_fd: int) -> ChildProcess:
+    async def spawn(self, fd: int, control_fd: int, mark_fd: int = -1) -> ChildProcess:
         template = await self._running_template()
-        child = await template.fork(fd, control_fd)
+        child = await template.fork((fd, control_fd) if mark_fd < 0 else (fd, control_fd, mark_fd))
         self._failures = 0
         return child
 
@@ -235,14 +235,14 @@ class _Template:
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 
-    async def fork(self, fd: int, control_fd: int) -> _ForkChild:
+    async def fork(self, fds: tuple[int, ...]) -> _ForkChild:
         """Ask for one worker on these socket ends. Shielded, with a deadline: once
         asked for, a worker must reach its owner or be killed."""
         reply = _Reply()
         # One scope, shielded and with a deadline, for the request, the
         # answer and the acknowledgement.
         with trio.CancelScope(shield=True, deadline=trio.current_time() + _REPLY_DEADLINE):
-            await self._request(proto.FORK, fds=(fd, control_fd), reply=reply)
+            await self._request(proto.FORK, fds=fds, reply=reply)
             await reply.done.wait()
             if reply.error is None:
                 child = _ForkChild(self, reply.pid, _open_pidfd(reply.pid))

@@ -61,7 +61,7 @@ _MAX_TEXT = 60_000  # a preload traceback, cut to fit one message
 _children: dict[int, bool] = {}
 
 
-def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, int]:
+def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, ...]:
     """Run the template on the control socket ``ctrl_fd``.
 
     Never returns in the template, which ends with ``os._exit``; returns in
@@ -86,13 +86,13 @@ def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, int]:
                 continue
             fds: list[int] = []
             try:
-                msg, fds = _recv_with_fds(ctrl, MSG.size, 2)
+                msg, fds = _recv_with_fds(ctrl, MSG.size, 3)
             except OSError:
                 msg = b""
             if len(msg) != MSG.size:  # EOF, or a parent we do not understand
                 _shutdown()
             kind, pid, _ = MSG.unpack(msg)
-            if kind == FORK and len(fds) == 2:
+            if kind == FORK and len(fds) in (2, 3):  # jobs, control [, start mark]
                 if _fork(ctrl, fds) == 0:
                     return _become_worker(ctrl, wake_r, wake_w, fds)
             elif kind == ACK and pid in _children:
@@ -102,7 +102,7 @@ def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, int]:
         _reap(ctrl)
 
 
-def run_worker(fds: tuple[int, int], parent_main: str = "") -> NoReturn:
+def run_worker(fds: tuple[int, ...], parent_main: str = "") -> NoReturn:
     """A forked worker's life: :func:`procsup._child.main`, then a quick exit.
 
     As multiprocessing does for forked children: join non-daemon threads, run
@@ -114,7 +114,7 @@ def run_worker(fds: tuple[int, int], parent_main: str = "") -> NoReturn:
     from procsup._child import run
 
     try:
-        code = run(*fds, parent_main)
+        code = run(fds[0], fds[1], parent_main, fds[2] if len(fds) > 2 else -1)
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except BaseException:  # noqa: BLE001 -- reported as the interpreter would
@@ -169,7 +169,7 @@ def _preload(ctrl: _socket.socket, names: list[str]) -> None:
     # What every worker needs, imported once: a worker pays for each module it
     # imports itself twice over, in time and in page faults (see
     # benchmarks/where_time_goes.py).
-    for name in ("atexit", "pickle", "procsup._child"):
+    for name in ("atexit", "mmap", "pickle", "procsup._child"):
         importlib.import_module(name)
     try:  # once here, not in every worker (which names itself for ps)
         sys.modules["procsup._child"].find_arg_area()
@@ -216,7 +216,7 @@ def _close_all(fds: list[int]) -> None:
 
 def _become_worker(
     ctrl: _socket.socket, wake_r: int, wake_w: int, fds: list[int]
-) -> tuple[int, int]:
+) -> tuple[int, ...]:
     os.setpgid(0, 0)
     _signal.set_wakeup_fd(-1)
     # The C function: signal.signal's enum conversion of the old handler
@@ -225,7 +225,7 @@ def _become_worker(
     ctrl.close()
     os.close(wake_r)
     os.close(wake_w)
-    return fds[0], fds[1]
+    return tuple(fds)
 
 
 def _reap(ctrl: _socket.socket) -> None:

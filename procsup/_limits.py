@@ -9,15 +9,16 @@ needs more, and refuses to open, naming the limit, when even that is short.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 
-from ._errors import DescriptorLimitError
+from ._errors import DescriptorLimitError, WorkerStartError
 
-__all__ = ["PER_WORKER", "ensure_descriptors"]
+__all__ = ["PER_WORKER", "ensure_descriptors", "start_failure"]
 
 PER_WORKER = 3  # jobs socket, control socket, exit watch
-PER_START = 2  # the child's socket ends, until the process has them
+PER_START = 3  # the child's socket ends and its start mark, until the process has them
 _HEADROOM = 64  # the event loop, a fork-server template, logging, the user's own
 
 
@@ -51,3 +52,39 @@ def _open_count() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:  # no /proc: count what is open below the soft limit would be slow
         return _HEADROOM
+
+
+def start_failure(exc: BaseException) -> WorkerStartError | None:
+    """The start failure a resource error of a worker's start is, naming the
+    limit it ran into (``None``: ``exc`` is not one, let it propagate).
+
+    Descriptors (EMFILE, ENFILE), processes and threads (EAGAIN from fork,
+    ``can't start new thread``), memory (ENOMEM): each is a failed start,
+    backed off and counted by a pool like any other, never its crash.
+    """
+    if isinstance(exc, WorkerStartError):
+        return exc
+    if isinstance(exc, OSError):
+        what = f"could not start a worker process: {exc}"
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            limit = "the system's file table" if exc.errno == errno.ENFILE else "RLIMIT_NOFILE"
+            what += f" (out of file descriptors: {limit}, soft {soft}, hard {hard})"
+        elif exc.errno == errno.EAGAIN:
+            what += f" (out of processes or threads: RLIMIT_NPROC={_nproc()})"
+        elif exc.errno == errno.ENOMEM:
+            what += " (out of memory)"
+        return WorkerStartError(what, pid=None, phase="init")
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return WorkerStartError(
+            f"could not start a worker process: {exc} (out of threads: "
+            f"RLIMIT_NPROC={_nproc()}, or the system's threads-max)",
+            pid=None,
+            phase="init",
+        )
+    return None
+
+
+def _nproc() -> str:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)

@@ -33,8 +33,14 @@ import itertools
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    contextmanager,
+    nullcontext,
+)
 from typing import Any, TypeVar
 
 import attrs
@@ -135,6 +141,52 @@ class _Member:
         self.retire_scope = trio.CancelScope()  # cancelled: the lifetime task closes it
         self.lent = False  # inside an acquire() block (BUSY; BUSY and not lent: a job its
         # caller left runs on, kill_on_cancel=False)
+
+
+class _Budget:
+    """What one acquirer may still spend: ``max_acquire_attempts`` failed
+    rounds and ``acquire_timeout`` seconds of waiting, across every worker a
+    job is offered to (a job re-dispatched after its worker died before
+    beginning it keeps spending the same budget)."""
+
+    __slots__ = ("_max_attempts", "_timeout", "attempts", "errors", "left")
+
+    def __init__(self, options: PoolOptions) -> None:
+        self._max_attempts = options.max_acquire_attempts
+        self._timeout = options.acquire_timeout
+        self.left = math.inf if options.acquire_timeout is None else options.acquire_timeout
+        self.attempts = 0
+        self.errors: list[BaseException] = []
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Spend the wait inside the block; leave it when the time is up."""
+        began = trio.current_time()
+        try:
+            with trio.move_on_after(self.left):
+                yield
+        finally:
+            self.left = max(self.left - (trio.current_time() - began), 0.0)
+
+    def failed(self, error: BaseException | None) -> None:
+        """A failed round: one attempt used."""
+        self.attempts += 1
+        if error is not None:
+            self.errors.append(error)
+        self.check()
+
+    def check(self) -> None:
+        if self.attempts >= self._max_attempts:
+            raise NoWorkerAvailableError(
+                f"no worker after {self.attempts} attempts (max_acquire_attempts="
+                f"{self._max_attempts})",
+                self.errors,
+            )
+
+    def timed_out(self) -> NoWorkerAvailableError:
+        return NoWorkerAvailableError(
+            f"no worker within acquire_timeout={self._timeout:g}s", self.errors
+        )
 
 
 class PooledWorker(metaclass=NoPublicConstructor):
@@ -252,7 +304,7 @@ class Pool(metaclass=NoPublicConstructor):
                 ``acquire_timeout`` elapsed; carries the start errors.
             PoolClosedError: the pool is closed or closing.
         """
-        member, worker = await self._acquire()
+        member, worker = await self._acquire(_Budget(self._options))
         lease = PooledWorker._create(worker)
         try:
             yield lease
@@ -374,12 +426,19 @@ class Pool(metaclass=NoPublicConstructor):
         if not callable(fn):  # before a worker is started for it
             raise TypeError(f"job must be callable, got {fn!r}")
         check_timeout(timeout)
+        budget = _Budget(self._options)  # one for every worker this job is offered to
         while True:
-            async with self.acquire() as lease:
-                job = await lease.worker._run(fn, args, timeout, kill_on_cancel)
+            member, worker = await self._acquire(budget)
+            try:
+                job = await worker._run(fn, args, timeout, kill_on_cancel)
                 if job is not None:
                     return job.unwrap()
-            # died between being offered and receiving the job: try another
+            finally:
+                self._release(member)
+            # The worker ended before it began the job: try another. One that
+            # never began any job was a failed start, and uses an attempt.
+            if worker.jobs_done == 0:
+                budget.failed(self._record.last_error)
 
     def _worker_event(
         self, member: _Member, kind: str, pid: int, error: BaseException | None
@@ -387,8 +446,15 @@ class Pool(metaclass=NoPublicConstructor):
         """What a member's worker reports of its life (:data:`WorkerEvents`)."""
         if kind == "start":
             self._record.spawned += 1
-        elif kind == "job_finished":
+        elif kind == "job_completed":
             self._jobs_completed += 1
+            return
+        elif kind == "died_unused":
+            assert isinstance(error, WorkerStartError)
+            self._record.lost(error, trio.current_time())
+            self._start_settled_badly(error)
+            return
+        elif kind == "job_finished":
             self._job_outcomes[job_outcome(error)] += 1
         self._events.emit(kind, pid, error=error)
         if kind == "job_finished" and not member.lent:
@@ -403,14 +469,12 @@ class Pool(metaclass=NoPublicConstructor):
 
     # -- acquisition -----------------------------------------------------------
 
-    async def _acquire(self) -> tuple[_Member, Worker]:
+    async def _acquire(self, budget: _Budget) -> tuple[_Member, Worker]:
         self._check_open()
         begun = trio.current_time()
-        timeout = self._options.acquire_timeout
-        errors: list[BaseException] = []
-        with trio.move_on_after(timeout) if timeout is not None else nullcontext():
-            attempts = 0
+        with budget.waiting():
             while True:
+                budget.check()
                 got = await self._wait_one_attempt()
                 if got is not None:
                     # A replacement starts warming now; not from _claim, where
@@ -419,16 +483,8 @@ class Pool(metaclass=NoPublicConstructor):
                     for observer in self._events.observers:
                         observer.acquired(trio.current_time() - begun)
                     return got
-                attempts += 1
-                if self._record.last_error is not None:
-                    errors.append(self._record.last_error)
-                if attempts >= self._options.max_acquire_attempts:
-                    raise NoWorkerAvailableError(
-                        f"no worker after {attempts} attempts (max_acquire_attempts="
-                        f"{self._options.max_acquire_attempts})",
-                        errors,
-                    )
-        raise NoWorkerAvailableError(f"no worker within acquire_timeout={timeout:g}s", errors)
+                budget.failed(self._record.last_error)
+        raise budget.timed_out()
 
     async def _wait_one_attempt(self) -> tuple[_Member, Worker] | None:
         """Wait until a worker arrives (returned), or until a start failed and
@@ -459,7 +515,7 @@ class Pool(metaclass=NoPublicConstructor):
                 if pending & self._in_flight:
                     continue  # a start we depend on may still succeed
                 if record.failures > failures_before:
-                    if record.successes == successes_before:
+                    if record.successes <= successes_before:  # a lost one is taken back
                         return None  # every start that settled meanwhile failed
                     # Starts also succeeded (and served the waiters ahead of
                     # us): contention, not a failed round; watch the next one.
@@ -510,23 +566,28 @@ class Pool(metaclass=NoPublicConstructor):
 
     # -- warming ---------------------------------------------------------------
 
-    def _rebalance(self) -> None:
+    def _rebalance(self, *, for_waiters: bool = True) -> None:
         """Start what is missing: one start per waiter not covered by a start
         in flight, at once; then starts towards the idle target, unless
-        backing off after failures (then one probe at a time)."""
+        backing off after failures (then one probe at a time).
+
+        ``for_waiters=False`` after a failed start: the waiters it woke may
+        be giving up (NoWorkerAvailableError); those that go on start their
+        own next round (:meth:`_wait_one_attempt`), and nobody is left with
+        a start made for a caller that is gone."""
         if self._closed:
             return
         counts = self._counts
         capacity = math.inf
         if self._options.max_workers is not None:
             capacity = self._options.max_workers - sum(counts.values())
-        for_waiters = self._waiting - counts[WARMING] - counts[IDLE]
+        waiting = self._waiting - counts[WARMING] - counts[IDLE] if for_waiters else 0
         for_target = self._target_idle() - counts[IDLE] - max(counts[WARMING] - self._waiting, 0)
         if self._record.consecutive_failures:
             for_target = min(for_target, 1 - counts[WARMING])
             if trio.current_time() < self._record.backoff_until:
                 for_target = 0
-        wanted = max(for_waiters, 0) + max(for_target, 0)
+        wanted = max(waiting, 0) + max(for_target, 0)
         for _ in range(int(min(wanted, capacity))):
             self._start_one()
 
@@ -586,6 +647,10 @@ class Pool(metaclass=NoPublicConstructor):
     def _start_failed(self, member: _Member, exc: WorkerStartError) -> None:
         self._in_flight.discard(member.seq)
         self._record.failed(exc, trio.current_time())
+        self._start_settled_badly(exc)
+
+    def _start_settled_badly(self, exc: WorkerStartError) -> None:
+        """After a failed start (recorded): the backoff timer, the event, the waiters."""
         self._timers_changed.set()
         self._events.emit("start_failed", exc.pid, error=exc)
         self._wake_waiters()
@@ -598,7 +663,7 @@ class Pool(metaclass=NoPublicConstructor):
         worker = member.worker
         if worker is not None:
             self._events.emit("exited", worker.pid, returncode=worker.returncode)
-        self._rebalance()
+        self._rebalance(for_waiters=worker is not None)
 
     def _wake_waiters(self) -> None:
         self._start_failed_wakeup.cancel()

@@ -26,15 +26,16 @@ __all__ = ["ExecSpawner", "Spawner", "make_spawner", "open_spawner"]
 # Small enough to embed in argv; it runs before anything of procsup is imported.
 _BOOTSTRAP = (
     "import sys;sys.path[:]={path!r};from procsup._child import main;"
-    "main({fd},{control_fd},{main!r})"
+    "main({fd},{control_fd},{main!r},{mark_fd})"
 )
 
 
 class Spawner(Protocol):
     """Starts worker processes that run :func:`procsup._child.main` on the
-    inherited socket ends ``fd`` (jobs) and ``control_fd`` (control)."""
+    inherited socket ends ``fd`` (jobs) and ``control_fd`` (control), and
+    the start mark's memory ``mark_fd`` (-1: none; see procsup._startmark)."""
 
-    async def spawn(self, fd: int, control_fd: int) -> ChildProcess: ...
+    async def spawn(self, fd: int, control_fd: int, mark_fd: int = -1) -> ChildProcess: ...
 
     async def aclose(self) -> None: ...
 
@@ -49,14 +50,19 @@ class ExecSpawner:
     def __init__(self, executable: str | None = None) -> None:
         self.executable = executable or sys.executable
 
-    async def spawn(self, fd: int, control_fd: int) -> ChildProcess:
+    async def spawn(self, fd: int, control_fd: int, mark_fd: int = -1) -> ChildProcess:
         bootstrap = _BOOTSTRAP.format(
-            path=sys.path, fd=fd, control_fd=control_fd, main=parent_main_reference()
+            path=sys.path,
+            fd=fd,
+            control_fd=control_fd,
+            main=parent_main_reference(),
+            mark_fd=mark_fd,
         )
         argv = [self.executable, "-c", bootstrap]
+        fds = (fd, control_fd) if mark_fd < 0 else (fd, control_fd, mark_fd)
         # Popen blocks until exec succeeds; keep that off the event loop. Not
         # abandonable: a process started by the thread must reach its owner.
-        return _ExecChild(await trio.to_thread.run_sync(_popen, argv, (fd, control_fd)))
+        return _ExecChild(await trio.to_thread.run_sync(_popen, argv, fds))
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -65,13 +65,23 @@ class StartRecord:
         self.failures = 0
         self.successes = 0
         self.consecutive_failures = 0  # since the last success; > 0: the pool is degraded
+        self._streak_before = 0  # consecutive_failures when the last success reset it
         self.last_error: BaseException | None = None  # the newest failure
         self.backoff_until = -math.inf  # before then, no start but a probe (see Pool._rebalance)
 
     def succeeded(self) -> None:
         self.successes += 1
+        self._streak_before = self.consecutive_failures
         self.consecutive_failures = 0
         self.backoff_until = -math.inf
+
+    def lost(self, error: BaseException, now: float) -> None:
+        """A start that got warm and died before its first job: a failure,
+        and its success taken back (so workers that always die right after
+        warming add up to a growing streak and backoff, not to "ok")."""
+        self.successes -= 1
+        self.consecutive_failures = max(self.consecutive_failures, self._streak_before)
+        self.failed(error, now)
 
     def failed(self, error: BaseException, now: float) -> None:
         self.failures += 1

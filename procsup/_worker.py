@@ -44,13 +44,16 @@ from ._errors import (
     WorkerError,
     WorkerStartError,
     WorkerUnresponsiveError,
+    describe_exit,
 )
+from ._limits import start_failure
 from ._logextra import record_extra
 from ._options import WorkerOptions, check_timeout
 from ._pickle import dump_job, load_result, rebuild_error
 from ._pings import IdlePings
 from ._process import ChildProcess
 from ._spawn import Spawner, open_spawner
+from ._startmark import StartMark
 from ._startup import EnvOption, startup_fields
 from ._util import NoPublicConstructor, collapse_single_group
 from ._wire import Kind
@@ -83,7 +86,10 @@ _NEXT_PHASES: Mapping[str, frozenset[str]] = {
 WorkerEvents = Callable[[str, int, BaseException | None], object]
 """The owner's hook on a worker's life: ``(kind, pid, error)`` for ``"start"``
 (the process exists), ``"job_started"`` and ``"job_finished"`` (``error``:
-what the job's caller got, if not a result)."""
+what the job's caller got, if not a result), ``"job_completed"`` (the job
+returned or raised: the worker answered), and ``"died_unused"`` (the warm
+worker ended before it began any job, by no decision of ours: a failed
+start, ``error`` saying why)."""
 
 
 class Worker(metaclass=NoPublicConstructor):
@@ -99,10 +105,12 @@ class Worker(metaclass=NoPublicConstructor):
         options: WorkerOptions,
         process: ChildProcess,
         channel: ParentChannel,
+        mark: StartMark,
         events: WorkerEvents | None,
         slot: int,
     ) -> None:
         self._options = options
+        self._mark = mark  # read only once the process has ended
         self.slot = slot
         """The worker's slot in its pool (see :func:`procsup.worker_slot`)."""
         self._process = process
@@ -115,7 +123,8 @@ class Worker(metaclass=NoPublicConstructor):
         self._job: _Job | None = None  # the job sent and not yet over: only in "job"
         self._job_ended: trio.Event | None = None  # set while _job runs on without its
         # caller (kill_on_cancel=False); set and cleared when it ends
-        self._jobs_done = 0  # jobs that reached run() and ended, however
+        self._unstarted = False  # the process ended with a job sent that it never began
+        self._jobs_done = 0  # jobs it began that ended, however
         # -- initialization: READY or INIT_FAILED, the exit, or the timer's kill sets it
         self._init_settled = trio.Event()
         self._ready = False  # READY came (then _init_settled is set)
@@ -286,6 +295,8 @@ class Worker(metaclass=NoPublicConstructor):
                 events("job_finished", self.pid, exc)
             raise
         events("job_finished", self.pid, self._refusal() if job is None else job.error)
+        if job is not None and job.answered:
+            events("job_completed", self.pid, None)
         return job
 
     async def _send_and_wait(
@@ -331,14 +342,14 @@ class Worker(metaclass=NoPublicConstructor):
             self._job_over(job)
             raise
         self._job_over(job)
-        return job
+        return None if self._unstarted else job
 
     def _job_over(self, job: _Job) -> None:
         """The job ended (answered, or its process died), whoever waited for it."""
         self._timer.disarm("job")
         self._shm.release()
         self._job = None
-        self._jobs_done += 1
+        self._jobs_done += not self._unstarted
         self._end_job()
         if job.orphaned:
             ended, self._job_ended = self._job_ended, None
@@ -379,6 +390,8 @@ class Worker(metaclass=NoPublicConstructor):
 
     def _refusal(self) -> WorkerError | RuntimeError:
         """Why :meth:`run` cannot take a job now."""
+        if self._unstarted:
+            return self._unstarted_error()
         if self._phase == "job":
             return RuntimeError(f"worker pid={self.pid} is already running a job")
         if self._died_idle():
@@ -397,6 +410,18 @@ class Worker(metaclass=NoPublicConstructor):
 
     def _refuse_job(self) -> NoReturn:
         raise self._refusal()
+
+    def _unstarted_error(self) -> WorkerError:
+        """The error of a job sent that the worker never began: phase "idle"."""
+        reason, rc = self._reason, self._returncode
+        if reason is None:
+            return WorkerCrashedError(
+                "worker died before it began the job (the job never ran)",
+                pid=self.pid,
+                phase="idle",
+                returncode=rc,
+            )
+        return reason.build(self.pid, rc, phase="idle")
 
     def _end_job(self) -> None:
         max_jobs = self._options.max_jobs
@@ -463,13 +488,33 @@ class Worker(metaclass=NoPublicConstructor):
         return self._error
 
     def _settle_on_exit(self) -> None:
-        """The process is reaped: settle whatever still waited on it."""
+        """The process is reaped: settle whatever still waited on it. A job
+        the worker never began (its start mark says) is the "not sent, try
+        another" of :meth:`_run`."""
         job = self._job
         if job is not None and not job.settled:
-            job.fail(self._caller_error())
+            self._unstarted = not self._mark.began(job.id)
+            job.fail(self._refusal() if self._unstarted else self._caller_error())
         if job is not None and job.orphaned:
             self._job_over(job)
         self._init_settled.set()
+
+    def _report_unused_death(self) -> None:
+        """A warm worker that ended before it began any job, by no decision
+        of ours (we were not retiring it), is a failed start for its owner."""
+        if self._events is None or not self._ready or self._retiring:
+            return
+        if self._mark.began_any():
+            return
+        error = WorkerStartError(
+            f"worker died before its first job ({describe_exit(self._returncode)})",
+            pid=self.pid,
+            phase="idle",
+            returncode=self._returncode,
+        )
+        if self._reason is not None:
+            error.__cause__ = self._reason.build(self.pid, self._returncode)
+        self._events("died_unused", self.pid, error)
 
     async def _kill_and_reap(self) -> None:
         if self._exited.is_set():
@@ -517,6 +562,7 @@ class Worker(metaclass=NoPublicConstructor):
                         nursery.cancel_scope.cancel()
         finally:
             self._channel.close()
+            self._mark.close()
 
     async def _initialize(self) -> None:
         """Wait for the first of: ready, raised, exited, ``init_timeout``
@@ -542,6 +588,7 @@ class Worker(metaclass=NoPublicConstructor):
         if not self._reader_done.is_set():  # what it wrote before dying still counts
             with trio.move_on_after(_DRAIN_GRACE):
                 await self._reader_done.wait()
+        self._report_unused_death()
         self._settle_on_exit()
         self._exited.set()
 
@@ -657,7 +704,12 @@ class Worker(metaclass=NoPublicConstructor):
         opts = self._options
         warned_at = -_MEMORY_WARN_EVERY
         while True:
-            sample = await trio.to_thread.run_sync(sample_memory_mb, self.pid)
+            try:
+                sample = await trio.to_thread.run_sync(sample_memory_mb, self.pid)
+            except RuntimeError as exc:  # can't start new thread: skip this sample
+                logger.warning("worker pid=%d: no memory sample: %s", self.pid, exc)
+                await trio.sleep(opts.memory_interval)
+                continue
             if sample is None:
                 return  # the process is gone; the exit watcher reports it
             self.memory_mb, self.memory_metric = sample
@@ -710,6 +762,7 @@ class Worker(metaclass=NoPublicConstructor):
         self._send_quietly(frame)
 
     def _settle_job(self, job: _Job, kind: int, fields: tuple[Any, ...]) -> None:
+        job.answered = True
         if kind != Kind.ERROR:
             try:
                 if kind == Kind.RESULT:
@@ -786,9 +839,13 @@ class _Reason:
         self.details = details  # attributes of that error class (MemoryLimitError.measured_mb...)
         self.cause = cause
 
-    def build(self, pid: int, returncode: int | None) -> WorkerError:
+    def build(self, pid: int, returncode: int | None, phase: str | None = None) -> WorkerError:
         error = self.cls(
-            self.what, pid=pid, phase=self.phase, returncode=returncode, setting=self.setting
+            self.what,
+            pid=pid,
+            phase=self.phase if phase is None else phase,
+            returncode=returncode,
+            setting=self.setting,
         )
         for name, value in self.details.items():
             setattr(error, name, value)
@@ -821,7 +878,17 @@ class _Job:
     """A job's result, and the one task waiting for it. Lighter than a
     trio.Event: this is every job's round trip."""
 
-    __slots__ = ("_waiter", "error", "expired", "id", "orphaned", "settled", "timeout", "value")
+    __slots__ = (
+        "_waiter",
+        "answered",
+        "error",
+        "expired",
+        "id",
+        "orphaned",
+        "settled",
+        "timeout",
+        "value",
+    )
 
     def __init__(self, job_id: int) -> None:
         self.id = job_id
@@ -829,6 +896,7 @@ class _Job:
         self.timeout = math.inf  # seconds from when it was sent
         self.expired = False  # its timeout elapsed: an answer no longer counts
         self.orphaned = False  # its caller left it running (kill_on_cancel=False)
+        self.answered = False  # settled by the worker's answer (it returned or raised)
         self.value: Any = None
         self.error: BaseException | None = None  # set: the job's caller gets this
         self._waiter: trio.lowlevel.Task | None = None
@@ -934,19 +1002,26 @@ async def supervise(
     worker's slot in its pool.
     """
     init = _init_frame(options, slot, spawner)
-    channel = ParentChannel(options.max_message_bytes, init)
+    channel = mark = None
     try:
-        process = await spawner.spawn(*channel.child_fds)
+        channel = ParentChannel(options.max_message_bytes, init)
+        mark = StartMark()
+        process = await spawner.spawn(*channel.child_fds, mark.child_fd)
     except BaseException as exc:
-        channel.close()
-        if isinstance(exc, OSError):
-            raise WorkerStartError(
-                f"could not start a worker process: {exc}", pid=None, phase="init"
-            ) from exc
-        raise
+        if channel is not None:
+            channel.close()
+        if mark is not None:
+            mark.close()
+        error = start_failure(exc)
+        if error is None:
+            raise
+        raise error from exc
     finally:
-        channel.child_spawned()
-    worker = Worker._create(options, process, channel, events, slot)
+        if channel is not None:
+            channel.child_spawned()
+        if mark is not None:
+            mark.child_spawned()
+    worker = Worker._create(options, process, channel, mark, events, slot)
     if events is not None:
         events("start", process.pid, None)
     async with worker._supervised():

@@ -95,6 +95,8 @@ class FakeWorker:
             self._events("job_finished", self.pid, exc)
             raise
         self._events("job_finished", self.pid, None if job is None else job.error)
+        if job is not None:
+            self._events("job_completed", self.pid, None)  # a fake job always answers
         return job
 
     async def _send_and_wait(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> _Job | None:

@@ -31,18 +31,44 @@ def leave_group_and_ignore_sigterm(pidfile: str) -> None:
     time.sleep(60)
 
 
-def die_after_ready_unless(flag: str) -> str:
-    """An initializer whose worker dies right after reporting ready, until
-    ``flag`` exists (then it recovers)."""
-    if not os.path.exists(flag):
-        import threading
-
-        threading.Timer(0.05, os._exit, (3,)).start()
-    return "ok"
-
-
 def fail_unless(flag: str) -> str:
     """An initializer that raises until ``flag`` exists."""
     if not os.path.exists(flag):
         raise RuntimeError("not yet")
+    return "ok"
+
+
+def touch_after(path: str, value: object) -> str:
+    """Leave a side-effect file once ``value`` (maybe slow to unpickle) is here."""
+    return touch(path)
+
+
+def _slowly(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+class SlowToUnpickle:
+    """An argument whose unpickling takes ``seconds`` (user code before the job)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[object, tuple[float]]:
+        return _slowly, (self.seconds,)
+
+
+def die_right_after_ready_unless(flag: str) -> str:
+    """An initializer whose worker exits the moment its READY is out (before
+    it can take a job), until ``flag`` exists."""
+    if not os.path.exists(flag):
+        from procsup import _child
+
+        send = _child._Channel.send
+
+        def send_then_die(self: object, frame: bytes) -> None:
+            send(self, frame)  # type: ignore[arg-type]
+            os._exit(3)
+
+        _child._Channel.send = send_then_die  # type: ignore[method-assign]
     return "ok"

@@ -1,0 +1,67 @@
+"""Whether a worker began a job: a word of memory shared with the worker.
+
+The worker stores a job's id there when it takes the job from its channel,
+before any of the job's code runs (unpickling its arguments included); the
+parent reads it only when the worker ended while the job was out. A job
+whose id is not there never started: running it elsewhere runs it at most
+once. A job's round trip pays nothing for it (one store in the worker, no
+system call on either side); a worker's start pays for one memfd, mapped by
+both sides (the parent's descriptor is closed once the child has its copy).
+
+The alternative, a STARTED frame from the worker, costs a write in the
+worker and a wakeup of the parent's reader per job: ``benchmarks`` numbers
+are in the issue 10 notes (docs/robustness.rst, "A job that never started").
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+__all__ = ["StartMark"]
+
+_WORD = struct.Struct("=q")  # the worker writes it through a memoryview cast to "q"
+
+
+class StartMark:
+    """The id of the last job one worker began (0: none yet).
+
+    Raises:
+        OSError: no descriptor or memory for it (a failed start).
+    """
+
+    __slots__ = ("_fd", "_map")
+
+    def __init__(self) -> None:
+        fd = os.memfd_create("procsup-start-mark", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, _WORD.size)
+            self._map = mmap.mmap(fd, _WORD.size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd  # until the child has its copy; -1 after
+
+    @property
+    def child_fd(self) -> int:
+        """The descriptor the spawner passes on to the worker."""
+        return self._fd
+
+    def child_spawned(self) -> None:
+        """The spawn is over: the mapping is all the parent needs."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def began(self, job_id: int) -> bool:
+        """The worker took job ``job_id`` (its code may have run)."""
+        return bool(_WORD.unpack_from(self._map)[0] == job_id)
+
+    def began_any(self) -> bool:
+        """The worker took a job at some point."""
+        return bool(_WORD.unpack_from(self._map)[0] != 0)
+
+    def close(self) -> None:
+        self.child_spawned()
+        self._map.close()
