@@ -64,11 +64,12 @@ _BOOTSTRAP = (
     "import sys;sys.path[:]={path!r};from procsup._forkserver_child import serve,run_worker;"
     "run_worker(serve({fd},{preload!r}),{main!r})"
 )
-# The template answers a fork in milliseconds; past this it is stuck and replaced.
-_REPLY_DEADLINE = 10.0
-# After a worker ended, how long the template may take to reap and report it.
+# Every wait on a template is bounded by the user's settings (the spawner's
+# start_timeout is init_timeout, its stop_timeout shutdown_timeout), and by
+# these caps where the template's part takes milliseconds:
+# after a worker ended, how long the template may take to reap and report it;
 _REPORT_DEADLINE = 5.0
-# A closing template exits at once on EOF; past this it is SIGKILLed.
+# a closing template exits at once on EOF; past this it is SIGKILLed.
 _EXIT_GRACE = 2.0
 _BACKOFF_BASE = 0.1
 _BACKOFF_CAP = 5.0
@@ -82,7 +83,11 @@ class ForkServerSpawner:
             with them already imported.
         executable: the Python interpreter of the template.
         start_timeout: seconds the template may take to start and import
-            ``preload`` before the spawn fails with :class:`WorkerStartError`.
+            ``preload``, and to answer a fork request, before the spawn
+            fails with :class:`WorkerStartError` (a pool's: ``init_timeout``).
+        stop_timeout: seconds past which a closing template that has not
+            exited, or one that has not reported a worker's end, is
+            SIGKILLed (at most 2 and 5 s; a pool's: ``shutdown_timeout``).
     """
 
     def __init__(
@@ -90,11 +95,13 @@ class ForkServerSpawner:
         preload: Sequence[str] = (),
         *,
         executable: str | None = None,
-        start_timeout: float = 60.0,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
     ) -> None:
         self.preload = tuple(preload)
         self.executable = executable or sys.executable
         self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
         self._template: _Template | None = None
         self._templates: set[_Template] = set()  # not yet reaped, for aclose
         self._start_lock = trio.Lock()
@@ -184,12 +191,19 @@ class ForkServerSpawner:
             with trio.fail_after(self.start_timeout):
                 await template.started.wait()
         except trio.TooSlowError:
+            logger.error(
+                "fork server pid=%d did not start within %gs (stuck importing its preload "
+                "modules %s?); killing it",
+                template.pid,
+                self.start_timeout,
+                list(self.preload),
+            )
             template.kill()
             raise WorkerStartError(
                 "the fork server did not start in time (importing preload modules?)",
                 pid=None,
                 phase="init",
-                setting=f"start_timeout={self.start_timeout:g}s",
+                setting=f"start_timeout={self.start_timeout:g}s (init_timeout)",
             ) from None
         except BaseException:
             template.kill()
@@ -221,6 +235,9 @@ class _Template:
     def pid(self) -> int:
         return self._process.pid
 
+    def stop_timeout(self) -> float:
+        return self._spawner.stop_timeout
+
     def kill(self) -> None:
         """SIGKILL the template; :meth:`serve` then cleans up after it."""
         self.alive = False  # the next spawn starts a new one
@@ -241,7 +258,8 @@ class _Template:
         reply = _Reply()
         # One scope, shielded and with a deadline, for the request, the
         # answer and the acknowledgement.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + _REPLY_DEADLINE):
+        deadline = trio.current_time() + self._spawner.start_timeout
+        with trio.CancelScope(shield=True, deadline=deadline):
             await self._request(proto.FORK, fds=fds, reply=reply)
             await reply.done.wait()
             if reply.error is None:
@@ -254,9 +272,18 @@ class _Template:
                 return child
         if reply.error is not None:
             raise reply.error
-        logger.error("fork server pid=%d did not answer a fork request; killing it", self.pid)
+        logger.error(
+            "fork server pid=%d did not answer a fork request within %gs (stopped?); killing it",
+            self.pid,
+            self._spawner.start_timeout,
+        )
         self.kill()  # and its end settles the child, if it got as far as one
-        raise WorkerStartError("the fork server did not answer", pid=None, phase="init")
+        raise WorkerStartError(
+            "the fork server did not answer",
+            pid=None,
+            phase="init",
+            setting=f"init_timeout={self._spawner.start_timeout:g}s",
+        )
 
     async def _request(
         self, kind: int, pid: int = 0, *, fds: tuple[int, ...] = (), reply: _Reply | None = None
@@ -366,8 +393,16 @@ class _Template:
 
     async def _reap(self) -> int:
         """Wait for the template to exit, SIGKILL it after a grace, reap it."""
-        with trio.move_on_after(_EXIT_GRACE):
+        grace = min(_EXIT_GRACE, self._spawner.stop_timeout)
+        with trio.move_on_after(grace) as scope:
             await self._process.wait()
+        if scope.cancelled_caught:
+            logger.error(
+                "fork server pid=%d did not exit within %gs of its channel closing "
+                "(stopped?); killing it",
+                self.pid,
+                grace,
+            )
         self.kill()  # a no-op once reaped
         return await self._process.wait()
 
@@ -406,7 +441,7 @@ class _ForkChild:
                 await self._settled.wait()
             else:
                 await trio.lowlevel.wait_readable(self._pidfd)
-                with trio.move_on_after(_REPORT_DEADLINE):
+                with trio.move_on_after(min(_REPORT_DEADLINE, self._template.stop_timeout())):
                     await self._settled.wait()
                 if not self._settled.is_set():
                     logger.error(

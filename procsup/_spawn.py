@@ -88,7 +88,11 @@ def make_spawner(options: WorkerOptions) -> Spawner:
     if options.chosen(pool=False).start_method == "forkserver":
         from ._forkserver import ForkServerSpawner
 
-        return ForkServerSpawner(preload=options.preload)
+        return ForkServerSpawner(
+            preload=options.preload,
+            start_timeout=options.init_timeout,
+            stop_timeout=options.shutdown_timeout,
+        )
     return ExecSpawner()
 
 

@@ -84,7 +84,7 @@ async def test_a_slow_preload_is_bounded_and_cancellable(
     monkeypatch.syspath_prepend(str(tmp_path))
     spawner = ForkServerSpawner(preload=["slow_import"], start_timeout=0.3)
     try:
-        with pytest.raises(WorkerStartError, match=r"start_timeout=0\.3s"):
+        with pytest.raises(WorkerStartError, match=r"start_timeout=0\.3s \(init_timeout\)"):
             await spawner.spawn(0, 0)
         with trio.move_on_after(0.3) as scope:
             await spawner.spawn(0, 0)

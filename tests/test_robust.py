@@ -206,3 +206,44 @@ async def test_jobs_completed_counts_only_jobs_that_returned_or_raised(
         with pytest.raises(ZeroDivisionError):
             await pool.run(divmod, 1, 0)
         assert pool.statistics().jobs_completed == 2
+
+
+# -- item 9: waits on the fork server follow the user's settings ----------------------------
+
+
+async def test_a_hanging_preload_import_is_bounded_by_init_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "hangs_on_import.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    began = time.monotonic()
+    with pytest.raises(procsup.NoWorkerAvailableError) as caught:
+        async with procsup.open_pool(
+            idle=0,
+            start_method="forkserver",
+            preload=["hangs_on_import"],
+            init_timeout=0.5,
+            max_acquire_attempts=2,
+            backoff_base=0.01,
+        ) as pool:
+            await pool.run(jobs.noop)
+    elapsed = time.monotonic() - began
+    assert elapsed < 2 * 0.5 + 3.0, f"{elapsed:.1f}s"
+    assert "init_timeout" in str(caught.value.start_errors[-1])
+
+
+async def test_a_stopped_fork_server_costs_a_call_init_timeout_not_a_fixed_wait() -> None:
+    from support import templates
+
+    async with procsup.open_pool(
+        idle=0, start_method="forkserver", init_timeout=0.5, shutdown_timeout=0.5
+    ) as pool:
+        await pool.run(jobs.noop)  # the template runs
+        (template,) = templates()
+        template.send_signal(signal.SIGSTOP)
+        began = time.monotonic()
+        with trio.fail_after(8):
+            await pool.run(jobs.noop)  # a new template
+        elapsed = time.monotonic() - began
+        assert elapsed < 0.5 + 2.5, f"{elapsed:.1f}s"
+        assert is_gone(template.pid)
