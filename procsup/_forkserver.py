@@ -118,8 +118,14 @@ class ForkServerSpawner:
         return template.pid if template is not None and template.alive else None
 
     async def spawn(self, fd: int, control_fd: int, mark_fd: int = -1) -> ChildProcess:
+        fds = (fd, control_fd) if mark_fd < 0 else (fd, control_fd, mark_fd)
         template = await self._running_template()
-        child = await template.fork((fd, control_fd) if mark_fd < 0 else (fd, control_fd, mark_fd))
+        try:
+            child = await template.fork(fds)
+        except _TemplateGone:
+            # It died (killed with its workers?) before it forked ours: the
+            # request is ours to make again, once, to a new template.
+            child = await (await self._running_template()).fork(fds)
         self._failures = 0
         return child
 
@@ -384,7 +390,7 @@ class _Template:
             )
             self.started.set()
         while self._replies:
-            self._replies.popleft().fail("the fork server exited before it answered")
+            self._replies.popleft().fail("the fork server exited before it answered", gone=True)
         for child in list(self._children.values()):
             self._forget(child)
         await self._reap()
@@ -407,6 +413,10 @@ class _Template:
         return await self._process.wait()
 
 
+class _TemplateGone(WorkerStartError):
+    """The template exited before it answered a fork request."""
+
+
 class _Reply:
     __slots__ = ("done", "error", "pid")
 
@@ -415,8 +425,9 @@ class _Reply:
         self.pid = 0
         self.error: BaseException | None = None
 
-    def fail(self, what: str) -> None:
-        self.error = WorkerStartError(what, pid=None, phase="init")
+    def fail(self, what: str, *, gone: bool = False) -> None:
+        cls = _TemplateGone if gone else WorkerStartError
+        self.error = cls(what, pid=None, phase="init")
         self.done.set()
 
 

@@ -435,9 +435,11 @@ class Pool(metaclass=NoPublicConstructor):
                     return job.unwrap()
             finally:
                 self._release(member)
-            # The worker ended before it began the job: try another. One that
-            # never began any job was a failed start, and uses an attempt.
-            if worker.jobs_done == 0:
+            # The worker ended before it began the job: try another. While
+            # workers keep dying before their first job (as many failed
+            # starts in a row as the caller has attempts), each try uses one.
+            streak = self._record.consecutive_failures
+            if worker.jobs_done == 0 and streak >= self._options.max_acquire_attempts:
                 budget.failed(self._record.last_error)
 
     def _worker_event(
@@ -448,6 +450,7 @@ class Pool(metaclass=NoPublicConstructor):
             self._record.spawned += 1
         elif kind == "job_completed":
             self._jobs_completed += 1
+            self._record.confirmed()
             return
         elif kind == "died_unused":
             assert isinstance(error, WorkerStartError)
@@ -679,7 +682,7 @@ class Pool(metaclass=NoPublicConstructor):
             if self._options.load is not None and now >= next_poll:
                 self._polled_load = self._call_load()
                 next_poll = now + self._options.load_interval
-            self._rebalance()
+            self._rebalance(for_waiters=False)  # waiters start their own (not held back)
             due = next_poll if self._options.load is not None else math.inf
             if self._record.backoff_until > now:
                 due = min(due, self._record.backoff_until)

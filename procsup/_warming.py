@@ -65,7 +65,8 @@ class StartRecord:
         self.failures = 0
         self.successes = 0
         self.consecutive_failures = 0  # since the last success; > 0: the pool is degraded
-        self._streak_before = 0  # consecutive_failures when the last success reset it
+        self._streak_before = 0  # consecutive_failures when the last success reset it,
+        # until a job completes (confirmed): what a lost start gives back
         self.last_error: BaseException | None = None  # the newest failure
         self.backoff_until = -math.inf  # before then, no start but a probe (see Pool._rebalance)
 
@@ -82,6 +83,10 @@ class StartRecord:
         self.successes -= 1
         self.consecutive_failures = max(self.consecutive_failures, self._streak_before)
         self.failed(error, now)
+
+    def confirmed(self) -> None:
+        """A job completed: the starts before it were real successes."""
+        self._streak_before = 0
 
     def failed(self, error: BaseException, now: float) -> None:
         self.failures += 1

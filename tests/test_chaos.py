@@ -121,6 +121,7 @@ class Tally:
     warming: set[int] = field(default_factory=set)
     fork_server_kills: int = 0
     spawn_failures: int = 0
+    lost_unused: int = 0  # warm workers that died before their first job (start_failed too)
     events: Counter[str] = field(default_factory=Counter)
     ready_pids: set[int] = field(default_factory=set)
     exited_pids: set[int] = field(default_factory=set)
@@ -140,6 +141,7 @@ class Tally:
             self.killed.discard(event.pid)  # a reused pid: a new worker
         elif event.kind == "start_failed":
             self.warming.discard(event.pid)
+            self.lost_unused += event.pid in self.ready_pids
         elif event.kind == "ready":
             self.warming.discard(event.pid)
             self.ready_pids.add(event.pid)
@@ -338,7 +340,7 @@ async def _check_quiescent(pool: procsup.Pool, tally: Tally) -> None:
         tally.problems.append(f"starts={stats.starts} but {tally.events['start']} start events")
     # Each process started ends warm or failed; a spawn that failed (no
     # process, no pid) is a start failure without a start.
-    settled = tally.events["ready"] + tally.events["start_failed"]
+    settled = tally.events["ready"] + tally.events["start_failed"] - tally.lost_unused
     if stats.starts + tally.spawn_failures != settled:
         tally.problems.append(f"starts={stats.starts} do not settle as the events: {tally.events}")
     if stats.start_failures != tally.events["start_failed"]:
@@ -477,3 +479,120 @@ async def test_occasional_start_failures_do_not_fail_jobs_under_contention(
     assert failures > 0
     assert outcomes["ok"] + outcomes["no worker"] == 300
     assert outcomes["no worker"] <= 3, f"{outcomes} with {failures} start failures"
+
+
+# -- idle kills: a job that never started is never the caller's failure ---------------------
+
+
+@dataclass
+class IdleKills:
+    """What an idle-kill run did: workers warm and not yet given a job are
+    SIGKILLed at random (and, under the fork server, now and then the
+    template with them), as the OOM killer would."""
+
+    ready: set[int] = field(default_factory=set)
+    given_a_job: set[int] = field(default_factory=set)
+    killed: set[int] = field(default_factory=set)
+    template_kills: int = 0
+    results: int = 0
+    errors: list[BaseException] = field(default_factory=list)
+
+    def on_event(self, event: procsup.PoolEvent) -> None:
+        if event.kind == "ready" and event.pid is not None:
+            self.ready.add(event.pid)
+        elif event.kind == "job_started" and event.pid is not None:
+            self.given_a_job.add(event.pid)
+
+    def idle(self) -> list[int]:
+        return sorted(self.ready - self.given_a_job - self.killed)
+
+
+async def _kill_idle_workers(run: IdleKills, rng: random.Random, method: str) -> None:
+    while True:
+        await trio.sleep(rng.expovariate(1 / 0.02))
+        if method == "forkserver" and rng.random() < 0.02:
+            for template in templates():  # with its workers, as a cgroup's OOM kill
+                try:
+                    workers = [w.pid for w in template.children()]
+                    for pid in [*workers, template.pid]:
+                        os.kill(pid, signal.SIGKILL)
+                except (psutil.NoSuchProcess, ProcessLookupError):
+                    continue
+                run.killed.update(workers)
+                run.template_kills += 1
+            continue
+        idle = [pid for pid in run.idle() if _is_ours(pid)]
+        if idle:
+            pid = rng.choice(idle)
+            os.kill(pid, signal.SIGKILL)
+            run.killed.add(pid)
+
+
+async def idle_kill_chaos(method: str, jobs: int, workdir: Path, seed: int) -> IdleKills:
+    import robust_jobs
+
+    rng = random.Random(seed)
+    run = IdleKills()
+    indices = iter(range(jobs))
+
+    async def caller(pool: procsup.Pool) -> None:
+        for index in indices:
+            try:
+                await pool.run(robust_jobs.touch, str(workdir / str(index)))
+            except Exception as exc:  # noqa: BLE001 -- judged below
+                run.errors.append(exc)
+            else:
+                run.results += 1
+
+    with trio.fail_after(30 + jobs * 0.1):
+        async with (
+            procsup.open_pool(
+                idle=4,
+                max_workers=8,
+                start_method=method,
+                on_event=run.on_event,
+                backoff_base=0.01,
+                backoff_cap=0.1,
+            ) as pool,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(_kill_idle_workers, run, rng, method)
+            async with trio.open_nursery() as callers:
+                for _ in range(8):
+                    callers.start_soon(caller, pool)
+            nursery.cancel_scope.cancel()
+    return run
+
+
+def judge_idle_kills(run: IdleKills, jobs: int, workdir: Path) -> None:
+    # Every job body ran at most once ("x" mode: a second run raises
+    # FileExistsError, and that would be among the errors).
+    ran = {int(p.name) for p in workdir.iterdir() if p.name.isdigit()}
+    assert run.results + len(run.errors) == jobs
+    assert len(ran) >= run.results
+    for error in run.errors:
+        # A caller sees an error only for a job its worker began: the kill
+        # raced with the job's start (phase "job", our SIGKILL).
+        assert isinstance(error, procsup.WorkerCrashedError), repr(error)
+        assert error.phase == "job", repr(error)
+        assert error.pid in run.killed and error.returncode == -signal.SIGKILL, repr(error)
+
+
+@pytest.mark.parametrize("method", ["exec", "forkserver"])
+async def test_idle_kills_fail_no_job_that_never_started(
+    method: str, chaos_seed: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """SIGKILL random idle workers (and the fork server) during one-shot
+    jobs: no caller sees an error for a job that never started, every job
+    body runs at most once, nothing is left (the autouse guard). 300 jobs
+    here; ``--chaos-long`` (nox -s chaos): 5,000."""
+    jobs = 5000 if request.config.getoption("--chaos-long") else 300
+    print(f"chaos seed {chaos_seed} (replay: --chaos-seed {chaos_seed})")
+    run = await idle_kill_chaos(method, jobs, tmp_path, chaos_seed)
+    print(
+        f"{jobs} jobs ({method}): {len(run.killed)} idle workers SIGKILLed, "
+        f"{run.template_kills} fork-server kills; {len(run.errors)} jobs lost to a kill "
+        "that came as they began"
+    )
+    judge_idle_kills(run, jobs, tmp_path)
+    assert run.killed
