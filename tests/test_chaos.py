@@ -575,7 +575,8 @@ def judge_idle_kills(run: IdleKills, jobs: int, workdir: Path) -> None:
         # raced with the job's start (phase "job", our SIGKILL).
         assert isinstance(error, procsup.WorkerCrashedError), repr(error)
         assert error.phase == "job", repr(error)
-        assert error.pid in run.killed and error.returncode == -signal.SIGKILL, repr(error)
+        assert error.pid in run.killed, repr(error)
+        assert error.returncode == -signal.SIGKILL, repr(error)
 
 
 @pytest.mark.parametrize("method", ["exec", "forkserver"])
