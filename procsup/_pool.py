@@ -39,7 +39,6 @@ from contextlib import (
     AsyncExitStack,
     asynccontextmanager,
     contextmanager,
-    nullcontext,
 )
 from typing import Any, TypeVar
 
