@@ -96,7 +96,8 @@ class PoolStatistics:
         target_idle: the idle target at the current load.
         load: the current load, 0.0 to 1.0.
         starts: child processes started so far.
-        start_failures: starts that failed so far.
+        start_failures: starts that failed so far (a warm worker that died
+            before its first job, by no decision of the pool's, included).
         consecutive_start_failures: failures since the last success.
         health: ``"ok"``, or ``"degraded"`` while starts keep failing.
         last_start_error: the newest start failure, or ``None``.
@@ -284,9 +285,11 @@ class Pool(metaclass=NoPublicConstructor):
         then goes back to the pool; by default the worker is stopped. A call
         in an already-cancelled scope sends nothing. See :meth:`Worker.run`.
 
-        A worker found dead before the job was sent is replaced silently;
-        once the job is sent, every outcome (result, the job's exception, a
-        crash, a timeout) is the caller's. Raises what :meth:`acquire` and
+        A job whose worker ended before it began the job (found dead, killed
+        while idle, stopped and given up on) runs on another worker, at most
+        once in all, under the same ``acquire_timeout`` and attempts; once
+        the worker has begun it, every outcome (result, the job's exception,
+        a crash, a timeout) is the caller's. Raises what :meth:`acquire` and
         :meth:`Worker.run` raise.
         """
         return await self._run(fn, args, timeout, kill_on_cancel)  # type: ignore[no-any-return]
@@ -779,8 +782,9 @@ async def open_pool(
         max_concurrent_starts: workers warming at once (default: CPU count).
         max_acquire_attempts: failed start rounds an acquirer sits through
             before :class:`NoWorkerAvailableError`.
-        acquire_timeout: seconds an acquirer may wait in all; ``None``: no
-            limit beyond the attempts.
+        acquire_timeout: seconds an acquirer may wait in all (for
+            :meth:`Pool.run`: across every worker its job is offered to);
+            ``None``: no limit beyond the attempts.
         load: callable returning the load, 0.0 to 1.0, polled every
             ``load_interval`` seconds; default ``busy / max_workers`` when
             ``max_workers`` is set, else 0.

@@ -221,9 +221,11 @@ class Worker(metaclass=NoPublicConstructor):
             JobTimeoutError: ``timeout`` elapsed.
             WorkerClosedError: the worker has retired or is shutting down.
             WorkerCrashedError: the process died during the job (``phase``
-                ``"job"``), or before it was sent (``"idle"``).
+                ``"job"``), or before it began the job (``"idle"``: the job
+                never ran; its start mark says so, see procsup._startmark).
             WorkerUnresponsiveError, MemoryLimitError, ProtocolError: the
-                worker was killed for that reason during the job.
+                worker was killed for that reason, during the job
+                (``"job"``) or before it began it (``"idle"``).
         """
         job = await self._run(fn, args, timeout, kill_on_cancel)
         if job is None:

@@ -5,6 +5,7 @@ under both start methods."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import time
@@ -247,3 +248,65 @@ async def test_a_stopped_fork_server_costs_a_call_init_timeout_not_a_fixed_wait(
         elapsed = time.monotonic() - began
         assert elapsed < 0.5 + 2.5, f"{elapsed:.1f}s"
         assert is_gone(template.pid)
+
+
+# -- item 5: out of descriptors at a start -------------------------------------------------
+
+_OUT_OF_DESCRIPTORS = """
+import json, os, resource, sys
+import trio
+import procsup
+from robust_jobs import noop
+
+method = sys.argv[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+async def main():
+    async with procsup.open_pool(
+        idle=1, start_method=method, backoff_base=0.01, max_acquire_attempts=2
+    ) as pool:
+        await pool.wait_warm()
+        hog = []
+        try:
+            while True:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        await pool.run(noop)  # the warm worker serves; its replacement cannot start
+        try:
+            await pool.run(noop)
+            error = None
+        except procsup.NoWorkerAvailableError as exc:
+            error = [str(e) for e in exc.start_errors]
+        stats = pool.statistics()
+        for fd in hog:
+            os.close(fd)
+        await pool.run(noop)  # and serves again once descriptors are back
+        return {"errors": error, "failures": stats.start_failures, "health": stats.health}
+
+print(json.dumps(trio.run(main)))
+"""
+
+
+def test_running_out_of_descriptors_is_a_failed_start_naming_the_limit(
+    start_method: str,
+) -> None:
+    from support import start_parent
+
+    parent = start_parent(_OUT_OF_DESCRIPTORS, start_method)
+    out, _ = parent.communicate(timeout=120)
+    assert parent.returncode == 0, out
+    got = json.loads(out)
+    assert got["errors"], got
+    assert all("RLIMIT_NOFILE" in error for error in got["errors"]), got
+    assert got["failures"] >= 2
+    assert got["health"] == "degraded"
+
+
+def test_a_thread_limit_is_a_failed_start_naming_the_limit() -> None:
+    from procsup._limits import start_failure
+
+    error = start_failure(RuntimeError("can't start new thread"))
+    assert isinstance(error, procsup.WorkerStartError)
+    assert "RLIMIT_NPROC" in str(error)
+    assert start_failure(RuntimeError("something else")) is None
