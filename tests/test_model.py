@@ -12,7 +12,8 @@ The model (max_jobs=None, so a released worker returns to idle):
 * idle only rises by refilling: after each operation ``idle == max(idle,
   min(target, max_workers - busy))`` while starts succeed, where ``target`` is
   the idle target at the polled load; while starts fail, idle only falls;
-* health is "degraded" from a failed start until a start succeeds;
+* health is "degraded" from a failed start until a start succeeds (a warm
+  worker killed before its first job is a failed start);
 * the pool's own numbers agree with its events and with the processes alive.
 
 The pool is compared at quiescent points: no start in flight, no worker
@@ -66,6 +67,7 @@ class Model:
     failing: bool = False
     degraded: bool = False
     load: float = 0.0
+    used: set[int] = field(default_factory=set)  # workers that ran a job
 
     @property
     def busy(self) -> int:
@@ -216,6 +218,7 @@ async def apply(
         lease_cm = pool.acquire()
         lease = await lease_cm.__aenter__()
         assert await lease.run(helpers.getpid) == lease.pid
+        model.used.add(lease.pid)
         model.held.append((lease_cm, lease))
         if model.idle:
             model.idle -= 1
@@ -247,6 +250,8 @@ async def apply(
                         assert event.returncode == -signal.SIGKILL
                         break
         model.idle -= 1
+        if pid not in model.used:
+            model.degraded = True  # a warm worker that died before its first job: a failed start
         model.refill()
     elif name == "load":
         model.load = op[1]
