@@ -1,9 +1,9 @@
 """The process limits a pool needs in the parent: file descriptors.
 
-Each worker holds three descriptors in the parent (its jobs socket, its
-control socket, and a pidfd or a pipe that reports its exit), and a starting
+Each worker holds four descriptors in the parent (its jobs socket, its
+control socket, a pidfd or a pipe that reports its exit, and its start mark), and a starting
 one two more for a moment. The usual default soft ``RLIMIT_NOFILE`` is 1,024:
-about 300 workers. A pool raises the soft limit to the hard one when it
+about 240 workers. A pool raises the soft limit to the hard one when it
 needs more, and refuses to open, naming the limit, when even that is short.
 """
 
@@ -17,8 +17,8 @@ from ._errors import DescriptorLimitError, WorkerStartError
 
 __all__ = ["PER_WORKER", "ensure_descriptors", "start_failure"]
 
-PER_WORKER = 3  # jobs socket, control socket, exit watch
-PER_START = 3  # the child's socket ends and its start mark, until the process has them
+PER_WORKER = 4  # jobs socket, control socket, exit watch, start mark (procsup._startmark)
+PER_START = 2  # the child's socket ends, until the process has them
 _HEADROOM = 64  # the event loop, a fork-server template, logging, the user's own
 
 

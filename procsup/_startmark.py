@@ -5,8 +5,9 @@ before any of the job's code runs (unpickling its arguments included); the
 parent reads it only when the worker ended while the job was out. A job
 whose id is not there never started: running it elsewhere runs it at most
 once. A job's round trip pays nothing for it (one store in the worker, no
-system call on either side); a worker's start pays for one memfd, mapped by
-both sides (the parent's descriptor is closed once the child has its copy).
+system call on either side); a worker's start pays for one memfd, which the
+worker maps and the parent keeps open (one descriptor per worker, read with
+``pread`` only after the worker has ended).
 
 The alternative, a STARTED frame from the worker, costs a write in the
 worker and a wakeup of the parent's reader per job: ``benchmarks`` numbers
@@ -15,7 +16,6 @@ are in the issue 10 notes (docs/robustness.rst, "A job that never started").
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 
@@ -31,37 +31,35 @@ class StartMark:
         OSError: no descriptor or memory for it (a failed start).
     """
 
-    __slots__ = ("_fd", "_map")
+    __slots__ = ("_fd",)
 
     def __init__(self) -> None:
-        fd = os.memfd_create("procsup-start-mark", os.MFD_CLOEXEC)
+        # Not named procsup-*: it is no payload segment of procsup._shm's.
+        fd = os.memfd_create("worker-start-mark", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, _WORD.size)
-            self._map = mmap.mmap(fd, _WORD.size)
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd  # until the child has its copy; -1 after
+        self._fd = fd  # -1 once closed
 
     @property
     def child_fd(self) -> int:
         """The descriptor the spawner passes on to the worker."""
         return self._fd
 
-    def child_spawned(self) -> None:
-        """The spawn is over: the mapping is all the parent needs."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
     def began(self, job_id: int) -> bool:
         """The worker took job ``job_id`` (its code may have run)."""
-        return bool(_WORD.unpack_from(self._map)[0] == job_id)
+        return self._read() == job_id
 
     def began_any(self) -> bool:
         """The worker took a job at some point."""
-        return bool(_WORD.unpack_from(self._map)[0] != 0)
+        return self._read() != 0
+
+    def _read(self) -> int:
+        return int(_WORD.unpack(os.pread(self._fd, _WORD.size, 0))[0])
 
     def close(self) -> None:
-        self.child_spawned()
-        self._map.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

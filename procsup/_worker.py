@@ -1021,8 +1021,6 @@ async def supervise(
     finally:
         if channel is not None:
             channel.child_spawned()
-        if mark is not None:
-            mark.child_spawned()
     worker = Worker._create(options, process, channel, mark, events, slot)
     if events is not None:
         events("start", process.pid, None)
