@@ -372,12 +372,25 @@ def _import_parent_main(reference: str) -> Any:
         _importing_parent_main = False
 
 
+def _import_learned(names: str) -> str:
+    """Import the pool's job modules (procsup._learn); return those that failed."""
+    failed = []
+    for name in filter(None, names.split("\n")):
+        try:
+            __import__(name)
+        except _Interrupted:
+            raise
+        except BaseException:  # noqa: BLE001 -- the parent drops it; its jobs report it
+            failed.append(name)
+    return "\n".join(failed)
+
+
 def _serve(channel: _Channel, orders: _FrameReader) -> int:
     global _state, _shm_min_bytes
     kind, fields = _next_order(orders)
     if kind != Kind.INIT:
         return 0
-    payload, max_jobs, log_level, max_frame, _shm_min_bytes, worker_loop, *startup = fields
+    payload, max_jobs, log_level, max_frame, _shm_min_bytes, worker_loop, learned, *startup = fields
     channel.max_frame = max_frame
     _start_up(channel, *startup)
     _set_log_level(log_level)
@@ -394,6 +407,9 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
         channel.send(encode(Kind.INIT_FAILED, *_describe(exc, room=max_frame)))
         return 1
     _state = state
+    failed = _import_learned(learned)
+    if failed:
+        channel.send(encode(Kind.IMPORT_FAILED, failed))
     channel.send(encode(Kind.READY, os.getpid()))
     done = 0
     while not max_jobs or done < max_jobs:

@@ -48,6 +48,7 @@ from tricycle import MultiCancelScope, open_service_nursery
 
 from ._errors import NoWorkerAvailableError, PoolClosedError, WorkerStartError
 from ._events import EventHub, PoolEvent
+from ._learn import LearnedModules
 from ._limits import ensure_descriptors
 from ._load import idle_target
 from ._options import PoolOptions, WorkerOptions, check_timeout, pick
@@ -753,6 +754,7 @@ async def open_pool(
     backoff_base: float = 0.1,
     backoff_cap: float = 30.0,
     on_event: Callable[[PoolEvent], object] | None = None,
+    learn_modules: bool = True,
     max_jobs: int | None = 1,
     shutdown_timeout: float = 5.0,
     ping_interval: float = 5.0,
@@ -793,6 +795,8 @@ async def open_pool(
         backoff_base: seconds of the first delay after a failed start.
         backoff_cap: the longest delay between failing starts, in seconds.
         on_event: a callback given every :class:`PoolEvent`.
+        learn_modules: workers started after a job ran import its module
+            while they warm, before they are ready (see :ref:`learned-modules`).
         start_method: as for :func:`open_worker`, but ``"auto"`` means
             ``"forkserver"`` on Linux (``"exec"`` elsewhere), and
             ``$PROCSUP_START_METHOD`` overrides that.
@@ -816,6 +820,7 @@ async def open_pool(
     wopts = WorkerOptions.from_arguments(arguments, pool=True)
     ensure_descriptors(max(idle, max_workers or 0), options.start_slots)
     async with open_spawner(wopts) as spawner:
-        start_worker = functools.partial(supervise, wopts, spawner)
+        learned = LearnedModules() if options.learn_modules else None
+        start_worker = functools.partial(supervise, wopts, spawner, learned=learned)
         async with Pool._open(options, start_worker, wopts.name or "") as pool:
             yield pool

@@ -72,6 +72,7 @@ class Kind:
     ALLOC = 26
     RESULT_SHM = 27
     RETIRE = 28
+    IMPORT_FAILED = 29
 
 
 # i: int64, f: float64, s: UTF-8 string, b: bytes
@@ -80,7 +81,8 @@ SCHEMAS: Final[dict[int, str]] = {
     # shm_min_bytes (0 = never), worker_loop ("" = none: a fresh trio.run per
     # async call), then the start-up fields (procsup._startup): slot, ps title,
     # top name, env updates, logger levels, capture flag
-    Kind.INIT: "biiiisissbsi",
+    # ... learned job modules (one a line; procsup._learn), before the start-up fields
+    Kind.INIT: "biiiississbsi",
     Kind.JOB: "ib",  # job id, payload (callable and arguments)
     # job id, parent pid, segment fd and name, buffer sizes, payload (see _shm)
     Kind.JOB_SHM: "iiisbb",
@@ -97,6 +99,7 @@ SCHEMAS: Final[dict[int, str]] = {
     Kind.LOG: "sisfsisss",
     Kind.ALLOC: "ii",  # job id, bytes: a segment for the job's result, please
     Kind.RESULT_SHM: "ibb",  # job id, result payload, buffer sizes (in the ALLOC segment)
+    Kind.IMPORT_FAILED: "s",  # before READY: learned modules it could not import, one a line
     Kind.RETIRE: "s",  # why the worker asks to be stopped (a background task failed)
 }
 

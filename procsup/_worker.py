@@ -46,6 +46,7 @@ from ._errors import (
     WorkerUnresponsiveError,
     describe_exit,
 )
+from ._learn import LearnedModules
 from ._limits import start_failure
 from ._logextra import record_extra
 from ._options import WorkerOptions, check_timeout
@@ -108,9 +109,11 @@ class Worker(metaclass=NoPublicConstructor):
         mark: StartMark,
         events: WorkerEvents | None,
         slot: int,
+        learned: LearnedModules | None = None,
     ) -> None:
         self._options = options
         self._mark = mark  # read only once the process has ended
+        self._learned = learned  # the pool's job modules, noted per job (procsup._learn)
         self.slot = slot
         """The worker's slot in its pool (see :func:`procsup.worker_slot`)."""
         self._process = process
@@ -315,6 +318,8 @@ class Worker(metaclass=NoPublicConstructor):
                 return None
             self._refuse_job()
         job = _Job(next(_job_ids))
+        if self._learned is not None:
+            self._learned.note(fn)
         frame = self._shm.job_frame(job.id, fn, args) or _wire.encode(
             Kind.JOB, job.id, dump_job(fn, args, self._options.max_message_bytes)
         )
@@ -688,6 +693,9 @@ class Worker(metaclass=NoPublicConstructor):
                 raise _wire.FrameError(f"READY from pid {fields[0]}, expected {self.pid}")
             self._ready = True
             self._init_settled.set()
+        elif kind == Kind.IMPORT_FAILED:
+            if self._learned is not None:
+                self._learned.drop(fields[0], self.pid)
         else:  # INIT_FAILED
             self._initializer_raised(*fields)
             self._init_settled.set()
@@ -971,7 +979,9 @@ def _forward_log_record(
     target.handle(record)
 
 
-def _init_frame(options: WorkerOptions, slot: int, spawner: Spawner) -> bytes:
+def _init_frame(
+    options: WorkerOptions, slot: int, spawner: Spawner, learned: LearnedModules | None = None
+) -> bytes:
     return _wire.encode(
         Kind.INIT,
         options.initializer_payload,
@@ -980,6 +990,7 @@ def _init_frame(options: WorkerOptions, slot: int, spawner: Spawner) -> bytes:
         options.max_message_bytes,
         options.shm_min_bytes or 0,
         options.worker_loop or "",
+        learned.field() if learned is not None else "",
         *startup_fields(
             name=options.name or "",  # never None: WorkerOptions derives it
             slot=slot,
@@ -996,6 +1007,8 @@ async def supervise(
     spawner: Spawner,
     events: WorkerEvents | None = None,
     slot: int = 0,
+    *,
+    learned: LearnedModules | None = None,
 ) -> AsyncIterator[Worker]:
     """Start a worker and own it until the block exits; see :func:`open_worker`.
 
@@ -1003,7 +1016,7 @@ async def supervise(
     ``"start"`` (the process exists, it is not warm yet) on. ``slot`` is the
     worker's slot in its pool.
     """
-    init = _init_frame(options, slot, spawner)
+    init = _init_frame(options, slot, spawner, learned)
     channel = mark = None
     try:
         channel = ParentChannel(options.max_message_bytes, init)
@@ -1021,7 +1034,7 @@ async def supervise(
     finally:
         if channel is not None:
             channel.child_spawned()
-    worker = Worker._create(options, process, channel, mark, events, slot)
+    worker = Worker._create(options, process, channel, mark, events, slot, learned)
     if events is not None:
         events("start", process.pid, None)
     async with worker._supervised():
