@@ -315,7 +315,8 @@ class _RunConfig:
         except ModuleNotFoundError as exc:  # uvloop is not installed
             raise UsageError(f"--worker-loop {self.worker_loop}: {exc}") from None
         self.quiet: bool = args.quiet
-        self.metrics = _metrics_address(args.metrics) if args.metrics else None
+        metrics = getattr(args, "metrics", None)  # `procsup serve` shares this class, not the flag
+        self.metrics = _metrics_address(metrics) if metrics else None
         _make_cwd_importable()
         self.fn = load_callable(args.func, "MODULE:FUNC")
         self.init = load_callable(args.init, "--init") if args.init else None
