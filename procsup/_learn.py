@@ -1,5 +1,5 @@
 """The modules of the jobs a pool has run, for its next workers to import
-while they warm (``learn_modules``), so that a one-shot job does not pay for
+while they warm (``learn_modules=True``), so that a one-shot job does not pay for
 its module's import on its own critical path.
 
 A worker imports them after its initializer, before it says READY, ignoring

@@ -754,7 +754,7 @@ async def open_pool(
     backoff_base: float = 0.1,
     backoff_cap: float = 30.0,
     on_event: Callable[[PoolEvent], object] | None = None,
-    learn_modules: bool = True,
+    learn_modules: bool = False,
     max_jobs: int | None = 1,
     shutdown_timeout: float = 5.0,
     ping_interval: float = 5.0,
@@ -795,8 +795,8 @@ async def open_pool(
         backoff_base: seconds of the first delay after a failed start.
         backoff_cap: the longest delay between failing starts, in seconds.
         on_event: a callback given every :class:`PoolEvent`.
-        learn_modules: workers started after a job ran import its module
-            while they warm, before they are ready (see :ref:`learned-modules`).
+        learn_modules: if true, workers started after a job ran import its
+            module while they warm, before they are ready (see :ref:`learned-modules`).
         start_method: as for :func:`open_worker`, but ``"auto"`` means
             ``"forkserver"`` on Linux (``"exec"`` elsewhere), and
             ``$PROCSUP_START_METHOD`` overrides that.

@@ -1,5 +1,5 @@
 """A pool learns its jobs' modules: workers started after a job ran import
-its module while warming, before they are ready (``learn_modules``)."""
+its module while warming, before they are ready (``learn_modules=True``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import procsup
 
-ONE_SHOT = {"idle": 2, "max_jobs": 1}
+ONE_SHOT = {"idle": 2, "max_jobs": 1, "learn_modules": True}
 
 
 async def _imported_later(pool: procsup.Pool, name: str) -> list[bool]:
@@ -29,7 +29,7 @@ async def test_new_workers_import_the_modules_of_jobs_already_run(start_method: 
 
 
 async def test_learn_modules_false_imports_nothing_ahead() -> None:
-    async with procsup.open_pool(learn_modules=False, **ONE_SHOT) as pool:
+    async with procsup.open_pool(**{**ONE_SHOT, "learn_modules": False}) as pool:
         await pool.run(learn_jobs_other.touch)
         assert await _imported_later(pool, "learn_jobs_other") == [False] * 4
 
