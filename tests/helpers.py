@@ -24,6 +24,16 @@ def sleep_1s_init() -> str:
     return "warm"
 
 
+def timed_1s_init(path: str) -> str:
+    """sleep_1s_init that appends its begin and end (time.monotonic, one clock
+    for every process) to ``path``."""
+    begin = time.monotonic()
+    time.sleep(1.0)
+    with open(path, "a") as file:
+        file.write(f"{begin} {time.monotonic()}\n")
+    return "warm"
+
+
 def echo_init(value: Any) -> Any:
     return value
 
