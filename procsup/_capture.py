@@ -22,7 +22,9 @@ from ._wire import Kind, encode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._child import _Channel
+    from collections.abc import Callable
+
+    PostLog = Callable[[bytes], None]  # the channel's post_log: no import of _child
 
 __all__ = ["capture_output", "stop_capture"]
 
@@ -36,8 +38,9 @@ _STREAMS = ((1, "procsup.worker.stdout", 20), (2, "procsup.worker.stderr", 30))
 _saved: list[tuple[int, int, _thread.LockType]] = []  # (fd, its original copy, reader running)
 
 
-def capture_output(channel: _Channel) -> None:
-    """Point fds 1 and 2 at pipes read by a thread each."""
+def capture_output(post_log: PostLog) -> None:
+    """Point fds 1 and 2 at pipes read by a thread each, their lines posted
+    through ``post_log`` (the channel's)."""
     if _saved:
         return
     for fd, name, level in _STREAMS:
@@ -49,7 +52,7 @@ def capture_output(channel: _Channel) -> None:
         running = _thread.allocate_lock()
         running.acquire()
         _saved.append((fd, original, running))
-        _thread.start_new_thread(_read_lines, (channel, read_end, name, level, running))
+        _thread.start_new_thread(_read_lines, (post_log, read_end, name, level, running))
     stdout = sys.stdout
     if stdout is not None and hasattr(stdout, "reconfigure"):
         # Block-buffered when it started on a pipe or a file: a line at a time now.
@@ -75,7 +78,7 @@ def stop_capture() -> None:
 
 
 def _read_lines(
-    channel: _Channel, fd: int, name: str, level: int, running: _thread.LockType
+    post_log: PostLog, fd: int, name: str, level: int, running: _thread.LockType
 ) -> None:
     pending = b""
     try:
@@ -89,12 +92,12 @@ def _read_lines(
             pending += data
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                _post(channel, name, level, line)
+                _post(post_log, name, level, line)
             if len(pending) >= MAX_LINE:
-                _post(channel, name, level, pending)
+                _post(post_log, name, level, pending)
                 pending = b""
         if pending:
-            _post(channel, name, level, pending)
+            _post(post_log, name, level, pending)
     except OSError:
         pass
     finally:
@@ -102,10 +105,10 @@ def _read_lines(
         running.release()
 
 
-def _post(channel: _Channel, name: str, level: int, line: bytes) -> None:
+def _post(post_log: PostLog, name: str, level: int, line: bytes) -> None:
     """One record per line; a longer line in pieces of MAX_LINE bytes."""
     if line.endswith(b"\r"):
         line = line[:-1]
     for start in range(0, len(line) or 1, MAX_LINE):
         text = line[start : start + MAX_LINE].decode("utf-8", "replace")
-        channel.post_log(encode(Kind.LOG, name, level, text, time(), "", 0, "", "", ""))
+        post_log(encode(Kind.LOG, name, level, text, time(), "", 0, "", "", ""))

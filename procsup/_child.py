@@ -791,7 +791,7 @@ def _start_up(
     if capture:
         from ._capture import capture_output
 
-        capture_output(channel)
+        capture_output(channel.post_log)
 
 
 def _name_process(title: str, comm: str) -> None:
