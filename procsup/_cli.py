@@ -21,8 +21,8 @@ import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import IO, Any
+from contextlib import AbstractAsyncContextManager, contextmanager
+from typing import IO, TYPE_CHECKING, Any
 
 import trio
 
@@ -30,6 +30,9 @@ from . import __version__
 from ._console import Display, Tally, open_display
 from ._errors import JobTimeoutError, NoWorkerAvailableError, WorkerError, WorkerStartError
 from ._options import WORKER_LOOPS, WorkerOptions
+
+if TYPE_CHECKING:
+    from ._pool import Pool
 
 __all__ = ["count_records", "error_fields", "load_callable", "main"]
 
@@ -381,6 +384,31 @@ def _dump_record(record: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         return json.dumps({"index": record["index"], "error": error}), error
 
 
+def open_run_pool(cfg: _RunConfig, **options: Any) -> AbstractAsyncContextManager[Pool]:
+    """The pool of ``run`` and ``serve``: their shared options, plus ``options``."""
+    from ._pool import open_pool
+
+    return open_pool(
+        cfg.init,
+        idle=cfg.idle,
+        max_workers=cfg.concurrency,
+        max_jobs=cfg.max_jobs,
+        memory_limit_mb=cfg.memory_limit_mb,
+        worker_loop=cfg.worker_loop,
+        **options,
+    )
+
+
+async def first_start_error(pool: Pool) -> NoWorkerAvailableError | None:
+    """Why ``pool`` cannot start a single worker, or ``None`` once one has
+    started: to fail fast on a broken ``--init``."""
+    try:
+        async with pool.acquire():
+            return None
+    except NoWorkerAvailableError as exc:
+        return exc
+
+
 class _Run:
     """One ``procsup run``: the pool, the input feed, the job loops, the writer."""
 
@@ -415,27 +443,15 @@ class _Run:
             self.display.set_total(total)
 
     async def _run_pool(self) -> None:
-        from ._pool import open_pool
-
         cfg = self.cfg
-        async with open_pool(
-            cfg.init,
-            idle=cfg.idle,
-            max_workers=cfg.concurrency,
-            max_jobs=cfg.max_jobs,
-            memory_limit_mb=cfg.memory_limit_mb,
-            worker_loop=cfg.worker_loop,
-            capture_output=True,  # a job's output on stderr, with its worker's pid
-        ) as pool:
+        # a job's output on stderr, with its worker's pid
+        async with open_run_pool(cfg, capture_output=True) as pool:
             if cfg.metrics is not None:
                 import procsup.metrics
 
                 procsup.metrics.register(pool, name="run")
-            try:
-                async with pool.acquire():
-                    pass  # at least one worker can start: fail fast on a broken --init
-            except NoWorkerAvailableError as exc:
-                self.start_error = exc
+            if (error := await first_start_error(pool)) is not None:
+                self.start_error = error
                 return
             jobs_send, jobs_recv = trio.open_memory_channel[tuple[int, Any]](cfg.concurrency)
             try:

@@ -190,26 +190,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(redis: Any, cfg: Any, args: argparse.Namespace, outcome: dict[str, Any]) -> None:
-    from ._errors import NoWorkerAvailableError
-    from ._pool import open_pool
+    from ._cli import first_start_error, open_run_pool
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_pool(
-            cfg.init,
-            idle=cfg.idle,
-            max_workers=cfg.concurrency,
-            max_jobs=cfg.max_jobs,
-            memory_limit_mb=cfg.memory_limit_mb,
-            worker_loop=cfg.worker_loop,
-            # a host reads while its load is below the threshold: at 1.0 all
-            # --concurrency workers are used (the library default 0.7 keeps 30% back)
-            load_threshold=1.0,
-        ) as pool:
-            try:
-                async with pool.acquire():
-                    pass  # at least one worker can start: fail fast on a broken --init
-            except NoWorkerAvailableError as exc:
-                outcome["start_error"] = exc
+        # a host reads while its load is below the threshold: at 1.0 all
+        # --concurrency workers are used (the library default 0.7 keeps 30% back)
+        async with open_run_pool(cfg, load_threshold=1.0) as pool:
+            if (error := await first_start_error(pool)) is not None:
+                outcome["start_error"] = error
                 return
             async with redis.open_server(
                 pool,
