@@ -493,6 +493,8 @@ class IdleKills:
     ready: set[int] = field(default_factory=set)
     given_a_job: set[int] = field(default_factory=set)
     killed: set[int] = field(default_factory=set)
+    parent_of: dict[int, int] = field(default_factory=dict)  # worker -> its fork server, if any
+    killed_templates: set[int] = field(default_factory=set)
     template_kills: int = 0
     results: int = 0
     errors: list[BaseException] = field(default_factory=list)
@@ -500,6 +502,10 @@ class IdleKills:
     def on_event(self, event: procsup.PoolEvent) -> None:
         if event.kind == "ready" and event.pid is not None:
             self.ready.add(event.pid)
+            try:
+                self.parent_of[event.pid] = psutil.Process(event.pid).ppid()
+            except psutil.NoSuchProcess:
+                pass
         elif event.kind == "job_started" and event.pid is not None:
             self.given_a_job.add(event.pid)
 
@@ -519,6 +525,7 @@ async def _kill_idle_workers(run: IdleKills, rng: random.Random, method: str) ->
                 except (psutil.NoSuchProcess, ProcessLookupError):
                     continue
                 run.killed.update(workers)
+                run.killed_templates.add(template.pid)
                 run.template_kills += 1
             continue
         idle = [pid for pid in run.idle() if _is_ours(pid)]
@@ -569,6 +576,9 @@ def judge_idle_kills(run: IdleKills, jobs: int, workdir: Path) -> None:
     # Every job body ran at most once ("x" mode: a second run raises
     # FileExistsError, and that would be among the errors).
     ran = {int(p.name) for p in workdir.iterdir() if p.name.isdigit()}
+    # A killed fork server's workers are killed with it (by the spawner, if
+    # not by us): those forked after we listed its children too.
+    orphaned = {pid for pid, ppid in run.parent_of.items() if ppid in run.killed_templates}
     assert run.results + len(run.errors) == jobs
     assert len(ran) >= run.results
     for error in run.errors:
@@ -576,7 +586,7 @@ def judge_idle_kills(run: IdleKills, jobs: int, workdir: Path) -> None:
         # raced with the job's start (phase "job", our SIGKILL).
         assert isinstance(error, procsup.WorkerCrashedError), repr(error)
         assert error.phase == "job", repr(error)
-        assert error.pid in run.killed, repr(error)
+        assert error.pid in run.killed | orphaned, repr(error)
         assert error.returncode == -signal.SIGKILL, repr(error)
 
 
