@@ -30,6 +30,7 @@ _EXPORTS = {
     "PoolStatistics": "procsup._pool",
     "PoolEvent": "procsup._events",
     "idle_target": "procsup._load",
+    "available_cpus": "procsup._cpus",
     # errors
     "ProcsupError": "procsup._errors",
     "UnsupportedPlatformError": "procsup._errors",
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     from ._child import worker_slot as worker_slot
     from ._child import worker_state as worker_state
     from ._child_loop import worker_nursery as worker_nursery
+    from ._cpus import available_cpus as available_cpus
     from ._errors import DescriptorLimitError as DescriptorLimitError
     from ._errors import JobTimeoutError as JobTimeoutError
     from ._errors import MemoryLimitError as MemoryLimitError

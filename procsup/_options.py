@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._cpus import available_cpus
 from ._events import PoolEvent
 from ._startup import EnvOption, check_env, default_name
 from ._wire import MAX_BODY
@@ -79,14 +80,25 @@ def _number(minimum: float, *, allow_none: bool = False, strict: bool = True) ->
     return check
 
 
+AUTO: Any = "auto"
+"""The default of ``idle`` and ``max_workers``: chosen when the pool opens
+(:meth:`PoolOptions.__attrs_post_init__`); typed Any so that the fields
+keep the type they have once chosen."""
+DEFAULT_IDLE = 4  # idle="auto": this many, or max_workers if fewer
+
+
 def _count(
-    minimum: int, *, allow_none: bool = False, maximum: tuple[int, str] | None = None
+    minimum: int,
+    *,
+    allow_none: bool = False,
+    allow_auto: bool = False,
+    maximum: tuple[int, str] | None = None,
 ) -> Any:
     """attrs validator: an int >= minimum (and <= maximum[0], for the
-    reason maximum[1]), or None."""
+    reason maximum[1]), or None, or "auto"."""
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value is None and allow_none:
+        if (value is None and allow_none) or (value == AUTO and allow_auto):
             return
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{attribute.name} must be an int, got {type(value).__name__}")
@@ -251,8 +263,11 @@ def pick(cls: type[OptionsT], arguments: Mapping[str, Any], **overrides: Any) ->
 class PoolOptions:
     """Settings of a pool; see :func:`procsup.open_pool`."""
 
-    idle: int = attrs.field(default=4, validator=_count(0))
-    max_workers: int | None = attrs.field(default=None, validator=_count(1, allow_none=True))
+    # Both "auto" (AUTO) until __attrs_post_init__ chooses them, never after.
+    idle: int = attrs.field(default=AUTO, validator=_count(0, allow_auto=True))
+    max_workers: int | None = attrs.field(
+        default=AUTO, validator=_count(1, allow_none=True, allow_auto=True)
+    )
     max_concurrent_starts: int | None = attrs.field(
         default=None, validator=_count(1, allow_none=True)
     )
@@ -273,6 +288,7 @@ class PoolOptions:
             raise TypeError(f"on_event must be callable, got {self.on_event!r}")
         if self.load_threshold > 1.0:
             raise ValueError(f"load_threshold must be in (0, 1], got {self.load_threshold!r}")
+        self._choose_sizes()
         if self.max_workers is not None and self.idle > self.max_workers:
             # wait_warm() would wait forever for an idle count it cannot reach
             raise ValueError(
@@ -280,6 +296,19 @@ class PoolOptions:
                 "the pool could never keep that many warm"
             )
 
+    def _choose_sizes(self) -> None:
+        """Choose an "auto" ``max_workers`` and ``idle`` so that they always
+        agree: ``max_workers``, available_cpus() (but never fewer than an
+        ``idle`` given); ``idle``, DEFAULT_IDLE (but never more than
+        ``max_workers``). A 1-CPU container gets idle=1, max_workers=1."""
+        if self.max_workers == AUTO:
+            given_idle = 0 if self.idle == AUTO else self.idle
+            object.__setattr__(self, "max_workers", max(available_cpus(), given_idle))
+        if self.idle == AUTO:
+            object.__setattr__(self, "idle", min(DEFAULT_IDLE, self.max_workers or DEFAULT_IDLE))
+
     @property
     def start_slots(self) -> int:
-        return self.max_concurrent_starts or max(1, os.cpu_count() or 1)
+        """Workers warming at once: ``max_concurrent_starts``, by default
+        the available CPUs."""
+        return self.max_concurrent_starts or available_cpus()

@@ -33,14 +33,22 @@ import itertools
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import (
     AbstractAsyncContextManager,
     AsyncExitStack,
     asynccontextmanager,
     contextmanager,
 )
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 import trio
@@ -51,6 +59,7 @@ from ._events import EventHub, PoolEvent
 from ._learn import LearnedModules
 from ._limits import ensure_descriptors
 from ._load import idle_target
+from ._map import MapResults, open_map
 from ._options import PoolOptions, WorkerOptions, check_timeout, pick
 from ._outcomes import OUTCOMES, PoolObserver, job_outcome
 from ._pings import IdlePings
@@ -294,6 +303,51 @@ class Pool(metaclass=NoPublicConstructor):
         :meth:`Worker.run` raise.
         """
         return await self._run(fn, args, timeout, kill_on_cancel)  # type: ignore[no-any-return]
+
+    def map(
+        self,
+        fn: Callable[[Any], T],
+        iterable: Iterable[Any] | AsyncIterable[Any],
+        *,
+        max_in_flight: int | None = None,
+        ordered: bool = True,
+        timeout: float | None = None,
+        return_exceptions: bool = False,
+    ) -> AbstractAsyncContextManager[MapResults[T]]:
+        """Run ``fn(item)`` for each item of ``iterable`` (sync or async,
+        read lazily), at most ``max_in_flight`` at once: ``async with
+        pool.map(fn, items) as results: async for value in results: ...``.
+
+        Args:
+            max_in_flight: jobs running at once; ``None``: the pool's
+                ``max_workers``, or :func:`available_cpus` when it has no cap.
+                At most twice as many inputs are read ahead of the results
+                yielded, so memory stays constant however long the input.
+            ordered: yield results in input order (a result that finishes
+                early waits for the earlier ones); ``False``: as they complete.
+            timeout: seconds each job may run, as in :meth:`run`.
+            return_exceptions: ``False``: the first job error cancels the
+                jobs in flight, reads no more input, and is raised, once they
+                are all stopped, from the ``async for``. ``True``: a job's
+                exception is yielded in place of its result, and the map goes on.
+
+        Leaving the block early (``break``, an exception, cancellation)
+        cancels the jobs in flight; their workers are stopped and reaped
+        (as for a cancelled :meth:`run`) before the block is left. An
+        exception raised by the iterable itself ends the map like a job
+        error (whatever ``return_exceptions``). A sync iterable is advanced in
+        the event loop's thread: one whose ``next()`` blocks should be an
+        async iterable instead.
+        """
+        return open_map(
+            self,
+            fn,
+            iterable,
+            max_in_flight=max_in_flight,
+            ordered=ordered,
+            timeout=timeout,
+            return_exceptions=return_exceptions,
+        )
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[PooledWorker]:
@@ -742,8 +796,8 @@ class Pool(metaclass=NoPublicConstructor):
 async def open_pool(
     initializer: Callable[[], Any] | str | None = None,
     *,
-    idle: int = 4,
-    max_workers: int | None = None,
+    idle: int | Literal["auto"] = "auto",
+    max_workers: int | Literal["auto"] | None = "auto",
     init_timeout: float = 10.0,
     max_concurrent_starts: int | None = None,
     max_acquire_attempts: int = 3,
@@ -776,12 +830,16 @@ async def open_pool(
 
     Args:
         initializer: run once in each worker (see :func:`open_worker`).
-        idle: warm workers to keep at zero load.
+        idle: warm workers to keep at zero load; ``"auto"``: 4, or
+            ``max_workers`` if that is less.
         max_workers: cap on live children (idle + warming + busy + closing);
-            acquirers beyond it wait in FIFO order. ``None``: no cap.
+            acquirers beyond it wait in FIFO order. ``"auto"``:
+            :func:`available_cpus`, or ``idle`` if that is more (an ``idle``
+            given is never refused by the default cap). ``None``: no cap.
         init_timeout: seconds a start may take, counted from when it gets a
             start slot (not while queued for one).
-        max_concurrent_starts: workers warming at once (default: CPU count).
+        max_concurrent_starts: workers warming at once (default:
+            :func:`available_cpus`).
         max_acquire_attempts: failed start rounds an acquirer sits through
             before :class:`NoWorkerAvailableError`.
         acquire_timeout: seconds an acquirer may wait in all (for
@@ -818,7 +876,7 @@ async def open_pool(
     arguments = locals()
     options = pick(PoolOptions, arguments)
     wopts = WorkerOptions.from_arguments(arguments, pool=True)
-    ensure_descriptors(max(idle, max_workers or 0), options.start_slots)
+    ensure_descriptors(max(options.idle, options.max_workers or 0), options.start_slots)
     async with open_spawner(wopts) as spawner:
         learned = LearnedModules() if options.learn_modules else None
         start_worker = functools.partial(supervise, wopts, spawner, learned=learned)

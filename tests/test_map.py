@@ -1,0 +1,196 @@
+"""Pool.map with real worker processes: order, errors, laziness, early exit,
+timeouts, and the parent's memory over 100,000 inputs."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psutil
+import pytest
+import trio
+import trio.lowlevel
+from map_jobs import fail_on_three, sleep_then_return, slow_on_zero, square
+
+import procsup
+
+
+async def collect(results: AsyncIterator[Any]) -> list[Any]:
+    return [value async for value in results]
+
+
+async def test_results_come_in_input_order() -> None:
+    async with (
+        procsup.open_pool(max_jobs=None, max_workers=2) as pool,
+        pool.map(slow_on_zero, range(8)) as results,
+    ):
+        assert await collect(results) == list(range(8))  # 0 finished last
+
+
+async def test_unordered_results_come_as_they_complete() -> None:
+    async with procsup.open_pool(idle=2, max_jobs=None, max_workers=2) as pool:
+        await pool.wait_warm()
+        inputs = [0.8, 0.0, 0.0, 0.0]
+        async with pool.map(sleep_then_return, inputs, ordered=False) as results:
+            got = await collect(results)
+    assert sorted(got) == sorted(inputs)
+    assert got[-1] == 0.8  # the slow first input did not hold back the others
+
+
+async def test_a_sync_generator_and_an_async_iterable() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(20):
+            await trio.lowlevel.checkpoint()
+            yield i
+
+    async with procsup.open_pool(max_jobs=None) as pool:
+        async with pool.map(square, (i for i in range(20))) as results:
+            assert await collect(results) == [i * i for i in range(20)]
+        async with pool.map(square, numbers(), ordered=False) as results:
+            assert sorted(await collect(results)) == [i * i for i in range(20)]
+        async with pool.map(square, []) as results:
+            assert await collect(results) == []
+
+
+async def test_the_first_error_cancels_the_rest_and_is_raised() -> None:
+    pulled = []
+
+    def inputs() -> Iterator[int]:
+        for i in range(1000):
+            pulled.append(i)
+            yield i
+
+    async with procsup.open_pool(max_jobs=None, max_workers=2) as pool:
+        got = []
+
+        async def consume() -> None:
+            async with pool.map(fail_on_three, inputs(), max_in_flight=2) as results:
+                async for value in results:
+                    got.append(value)
+
+        with pytest.raises(ValueError, match="three is bad"):
+            await consume()
+        assert got == list(range(len(got)))
+        assert len(got) <= 3
+        assert len(pulled) < 20  # it stopped reading
+        stats = pool.statistics()
+        assert stats.busy == 0
+        assert await pool.run(square, 3) == 9  # the pool serves on
+
+
+async def test_return_exceptions_yields_the_error_in_its_place() -> None:
+    async with (
+        procsup.open_pool(max_jobs=None) as pool,
+        pool.map(fail_on_three, range(6), return_exceptions=True) as results,
+    ):
+        got = await collect(results)
+    assert [type(v) for v in got] == [int, int, int, ValueError, int, int]
+    assert got[:3] == [0, 1, 2]
+    assert got[4:] == [4, 5]
+    assert str(got[3]) == "three is bad: 3"
+
+
+async def test_leaving_early_cancels_the_jobs_in_flight_and_leaks_nothing() -> None:
+    async with procsup.open_pool(idle=2, max_workers=2, max_jobs=None, cancel_grace=0.2) as pool:
+        await pool.wait_warm()
+        with trio.fail_after(5):  # the 30 s jobs did not run to their end
+            async with pool.map(sleep_then_return, [0.0, 30.0, 30.0]) as results:
+                async for value in results:
+                    assert value == 0.0
+                    break
+            # left the block: the cancelled jobs' workers are stopped
+            assert pool.statistics().busy == 0
+            assert await pool.run(square, 4) == 16
+    # (the autouse guard fails the test if a process or descriptor is left)
+
+
+async def test_an_exception_in_the_block_stops_the_map() -> None:
+    async with procsup.open_pool(max_workers=2, max_jobs=None, cancel_grace=0.2) as pool:
+        with trio.fail_after(5), pytest.raises(KeyError):
+            async with pool.map(sleep_then_return, [30.0, 30.0]):
+                raise KeyError("mine")
+        assert pool.statistics().busy == 0
+
+
+async def test_the_iterable_is_read_lazily() -> None:
+    pulled = 0
+
+    def inputs() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(10_000):
+            pulled += 1
+            yield i
+
+    async with (
+        procsup.open_pool(max_jobs=None, max_workers=2) as pool,
+        pool.map(square, inputs(), max_in_flight=2) as results,
+    ):
+        seen = 0
+        async for _ in results:
+            seen += 1
+            assert pulled <= seen + 2 * 2  # the window: twice max_in_flight
+            if seen == 50:
+                break
+
+
+async def test_the_timeout_is_per_job_and_excludes_the_queue_wait() -> None:
+    async with procsup.open_pool(idle=1, max_workers=1, max_jobs=None) as pool:
+        await pool.wait_warm()
+        # one worker: the second job waits 0.4 s for it, then runs 0.4 s < 0.7
+        async with pool.map(sleep_then_return, [0.4, 0.4], timeout=0.7) as results:
+            assert await collect(results) == [0.4, 0.4]
+        async with pool.map(
+            sleep_then_return, [5.0, 0.0], timeout=0.5, return_exceptions=True
+        ) as results:
+            slow, quick = await collect(results)
+    assert isinstance(slow, (trio.TooSlowError, TimeoutError))
+    assert quick == 0.0
+
+
+async def test_bad_arguments_are_refused_before_any_job() -> None:
+    async with procsup.open_pool(idle=0) as pool:
+        with pytest.raises(ValueError, match="max_in_flight must be >= 1"):
+            async with pool.map(square, [1], max_in_flight=0):
+                pass
+        with pytest.raises(TypeError, match="must be callable"):
+            async with pool.map(42, [1]):  # type: ignore[arg-type]
+                pass
+        with pytest.raises(TypeError, match="iterable"):
+            async with pool.map(square, 42):  # type: ignore[arg-type]
+                pass
+        assert pool.statistics().starts == 0
+
+
+async def test_an_error_from_the_iterable_ends_the_map() -> None:
+    def inputs() -> Iterator[int]:
+        yield 1
+        raise OSError("the input file went away")
+
+    async with procsup.open_pool(max_jobs=None) as pool:
+        with pytest.raises(OSError, match="went away"):
+            async with pool.map(square, inputs(), return_exceptions=True) as results:
+                await collect(results)
+
+
+def rss() -> int:
+    gc.collect()
+    return int(psutil.Process().memory_info().rss)
+
+
+@pytest.mark.slow
+async def test_100_000_inputs_keep_the_parents_memory_flat() -> None:
+    """An unbounded map would hold a task (KiBs) per input: hundreds of MiB."""
+    total, checkpoint = 100_000, 10_000
+    seen = 0
+    async with procsup.open_pool(idle=2, max_workers=2, max_jobs=None) as pool:
+        async with pool.map(square, range(total), ordered=False) as results:
+            async for _ in results:
+                seen += 1
+                if seen == checkpoint:
+                    before = rss()
+        after = rss()
+    growth_mib = (after - before) / 2**20
+    print(f"parent RSS growth from input {checkpoint} to {total}: {growth_mib:.1f} MiB")
+    assert seen == total
+    assert growth_mib < 20
