@@ -46,14 +46,17 @@ async def run_one(pool: Pool, fn: Callable[..., Any], item: Any, timeout: float 
 
 class MapResults(Generic[T]):
     """The results of :meth:`Pool.map`, as an async iterator; valid inside its
-    ``async with`` block."""
+    ``async with`` block. ``async for value in results`` gives the values;
+    ``async for index, value in results.indexed()`` gives each with its
+    input's index (counted from 0), which says which input an unordered
+    result or a returned exception belongs to."""
 
     def __init__(self, *, ordered: bool, window: int) -> None:
         self._ordered = ordered
         self.window = trio.Semaphore(window)  # a token per input pulled and not yet yielded
         # -- settled jobs not yet yielded: results (or, return_exceptions, errors)
         self._by_index: dict[int, Any] = {}  # ordered: waiting for earlier ones
-        self._settled: collections.deque[Any] = collections.deque()  # unordered
+        self._settled: collections.deque[tuple[int, Any]] = collections.deque()  # unordered
         self._next_index = 0  # ordered: the index to yield next
         # -- the end: set once each
         self._pulled: int | None = None  # inputs in all, once the iterable is exhausted
@@ -66,26 +69,35 @@ class MapResults(Generic[T]):
         return self
 
     async def __anext__(self) -> T:
+        return (await self._next())[1]
+
+    def indexed(self) -> AsyncIterator[tuple[int, T]]:
+        """The same results as ``(input index, value)`` pairs."""
+        return _Indexed(self)
+
+    async def _next(self) -> tuple[int, T]:
         while True:
             if self._failure is not None:
                 if self._stopped:
                     raise self._failure  # after every other job was cancelled and reaped
-            elif (taken := self._take()) is not _NOTHING:
+            elif (taken := self._take()) is not None:
                 self._yielded += 1
                 self.window.release()
-                return taken  # type: ignore[no-any-return]
+                return taken
             elif self._pulled is not None and self._yielded == self._pulled:
                 raise StopAsyncIteration
             await self._changed.wait()
 
-    def _take(self) -> Any:
-        """The next result to yield, or _NOTHING."""
+    def _take(self) -> tuple[int, Any] | None:
+        """The next (index, result) to yield, if there is one."""
         if self._ordered:
-            taken = self._by_index.pop(self._next_index, _NOTHING)
-            if taken is not _NOTHING:
-                self._next_index += 1
-            return taken
-        return self._settled.popleft() if self._settled else _NOTHING
+            index = self._next_index
+            taken = self._by_index.pop(index, _NOTHING)
+            if taken is _NOTHING:
+                return None
+            self._next_index += 1
+            return index, taken
+        return self._settled.popleft() if self._settled else None
 
     # -- what the feeder and the jobs report -----------------------------------
 
@@ -93,7 +105,7 @@ class MapResults(Generic[T]):
         if self._ordered:
             self._by_index[index] = value
         else:
-            self._settled.append(value)
+            self._settled.append((index, value))
         self._notify()
 
     def exhausted(self, count: int) -> None:
@@ -184,6 +196,17 @@ async def open_map(
                 yield results
             finally:
                 nursery.cancel_scope.cancel()  # leaving early: stop what is in flight
+
+
+class _Indexed(Generic[T]):
+    def __init__(self, results: MapResults[T]) -> None:
+        self._results = results
+
+    def __aiter__(self) -> _Indexed[T]:
+        return self
+
+    async def __anext__(self) -> tuple[int, T]:
+        return await self._results._next()
 
 
 def _aiter(iterable: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

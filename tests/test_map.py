@@ -38,6 +38,20 @@ async def test_unordered_results_come_as_they_complete() -> None:
     assert got[-1] == 0.8  # the slow first input did not hold back the others
 
 
+async def test_indexed_says_which_input_each_result_belongs_to() -> None:
+    async with (
+        procsup.open_pool(max_jobs=None) as pool,
+        pool.map(fail_on_three, range(8), ordered=False, return_exceptions=True) as results,
+    ):
+        pairs = [pair async for pair in results.indexed()]
+    assert sorted(index for index, _ in pairs) == list(range(8))
+    for index, value in pairs:
+        if index == 3:
+            assert isinstance(value, ValueError)
+        else:
+            assert value == index
+
+
 async def test_a_sync_generator_and_an_async_iterable() -> None:
     async def numbers() -> AsyncIterator[int]:
         for i in range(20):
