@@ -11,36 +11,43 @@ Exit status: 0 every job succeeded, 1 some failed (or no worker could start),
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib
 import json
 import math
+import operator
 import os
 import pickle
 import signal
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from . import __version__
 from ._console import Display, Tally, open_display
+from ._cpus import available_cpus
 from ._errors import JobTimeoutError, NoWorkerAvailableError, WorkerError, WorkerStartError
-from ._options import WORKER_LOOPS, WorkerOptions
+from ._options import START_METHODS, WORKER_LOOPS, PoolOptions, WorkerOptions
 
 if TYPE_CHECKING:
     from ._pool import Pool
 
-__all__ = ["count_records", "error_fields", "load_callable", "main"]
+__all__ = ["SETTING_DESTS", "count_records", "error_fields", "load_callable", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 RUN_EPILOG = """\
 Each input line is one JSON value; FUNC is called with it in a warm worker
-process. Each output line is a JSON object, in input order:
+process (with --unpack, a JSON array is its positional arguments and an
+object its keyword arguments). Each output line is a JSON object, in input
+order (with --unordered, as jobs finish):
 
   {"index": 0, "result": ...}
   {"index": 1, "error": {"type": ..., "message": ..., "phase": ...,
@@ -50,6 +57,15 @@ Examples:
   procsup run mymodel:predict -i inputs.jsonl -o results.jsonl \\
       --init mymodel:load --concurrency 4 --timeout 30
   seq 100 | procsup run mymath:square
+
+With -o FILE --resume, a rerun after an interruption appends to FILE only
+the records of the inputs it does not hold yet: one record per input.
+
+Defaults that differ from the library's (procsup.open_pool), because a run
+is a batch of one function whose inputs are all queued at the start:
+--idle is --concurrency (not 4: every worker has work at once), and
+--max-jobs-per-worker has no limit (not 1: the workers' warm-up is paid
+once, not per input). Every other setting has the library's default.
 
 Exit status: 0 all succeeded, 1 some failed, 2 usage error, 130 Ctrl-C.
 """
@@ -119,16 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--concurrency",
         type=_positive_int,
-        default=os.cpu_count() or 1,
+        default=available_cpus(),
         metavar="N",
-        help="jobs at once, and the most worker processes alive (default: CPU count, %(default)s)",
+        help="jobs at once, and the most worker processes alive (default: the CPUs this "
+        "process may use, %(default)s, as the library's max_workers)",
     )
     run.add_argument(
         "--idle",
         type=_non_negative_int,
         default=None,
         metavar="N",
-        help="warm workers to keep ready when idle (default: --concurrency)",
+        help="warm workers to keep ready when idle (default: --concurrency, since every "
+        "worker has work at once; the library keeps up to 4)",
     )
     run.add_argument(
         "--timeout",
@@ -142,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="replace a worker after N jobs (default: no limit)",
+        help="replace a worker after N jobs (default: no limit, so that the warm-up is paid "
+        "once per worker; the library's default is 1, a fresh process per job)",
     )
     run.add_argument(
         "--memory-limit-mb",
@@ -165,6 +184,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the pool's Prometheus metrics at http://HOST:PORT/metrics during the run "
         "(needs procsup[prometheus]; port 0 picks a free one; the address is printed on stderr)",
     )
+    run.add_argument(
+        "--unordered",
+        action="store_true",
+        help="write each record as its job finishes, not in input order",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="with -o FILE: keep FILE's records and run only the inputs it has none for",
+    )
+    run.add_argument(
+        "--unpack",
+        action="store_true",
+        help="a JSON array line is FUNC's positional arguments, an object its keyword "
+        "arguments (any other value is its one argument)",
+    )
+    settings = run.add_argument_group(
+        "pool and worker settings", "as the procsup.open_pool options of the same names"
+    )
+    for setting in _SETTINGS:
+        settings.add_argument(
+            setting.flag,
+            dest=setting.option,
+            type=setting.parse,
+            choices=setting.choices,
+            default=None,
+            metavar=None if setting.choices else setting.metavar,
+            help=f"{setting.help} (default: {_library_default(setting)})",
+        )
     run.add_argument(
         "-i",
         "--input",
@@ -207,13 +255,179 @@ def _non_negative_int(text: str) -> int:
 
 
 def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, got {text!r}")
     return value
+
+
+def _module_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"no module names in {text!r}")
+    return names
+
+
+@attrs.frozen
+class _Setting:
+    """A pool or worker option as a flag; its default is the library's."""
+
+    flag: str
+    option: str  # the open_pool keyword, and the argparse dest
+    parse: Callable[[str], Any]
+    metavar: str
+    help: str
+    choices: Sequence[str] | None = None
+    unset: str = "none"  # what the option's None default means
+
+
+# Every open_pool option that a shell can give (not: the callables initializer,
+# load and on_event; env, which the workers inherit from the command; capture_output,
+# since the workers' output goes to stderr anyway) beyond the flags above.
+_SETTINGS = (
+    _Setting(
+        "--init-timeout", "init_timeout", _positive_float, "SECONDS", "how long --init may take"
+    ),
+    _Setting(
+        "--start-method",
+        "start_method",
+        str,
+        "METHOD",
+        "how workers start: auto, exec (a fresh interpreter each) or forkserver",
+        choices=("auto", *START_METHODS),
+    ),
+    _Setting(
+        "--preload",
+        "preload",
+        _module_list,
+        "MODULE,...",
+        "modules the fork server imports once, for every worker (forkserver only)",
+    ),
+    _Setting(
+        "--name", "name", str, "NAME", "what ps and top show for the workers", unset="--init's name"
+    ),
+    _Setting(
+        "--memory-warn-mb",
+        "memory_warn_mb",
+        _positive_float,
+        "N",
+        "log a warning while a worker uses more than N MiB",
+        unset="off",
+    ),
+    _Setting(
+        "--memory-interval",
+        "memory_interval",
+        _positive_float,
+        "SECONDS",
+        "time between memory samples",
+    ),
+    _Setting(
+        "--shutdown-timeout",
+        "shutdown_timeout",
+        _non_negative_float,
+        "SECONDS",
+        "how long a worker may take to stop",
+    ),
+    _Setting(
+        "--cancel-grace",
+        "cancel_grace",
+        _non_negative_float,
+        "SECONDS",
+        "how long a stopped job (--timeout, Ctrl-C) may take before its worker is killed",
+    ),
+    _Setting(
+        "--ping-interval", "ping_interval", _positive_float, "SECONDS", "time between health pings"
+    ),
+    _Setting(
+        "--ping-timeout",
+        "ping_timeout",
+        _positive_float,
+        "SECONDS",
+        "kill a worker whose ping goes unanswered this long",
+    ),
+    _Setting(
+        "--max-attempts",
+        "max_acquire_attempts",
+        _positive_int,
+        "N",
+        "failed rounds of worker starts before a job gives up",
+    ),
+    _Setting(
+        "--acquire-timeout",
+        "acquire_timeout",
+        _positive_float,
+        "SECONDS",
+        "how long a job may wait for a worker",
+        unset="no limit",
+    ),
+    _Setting(
+        "--max-concurrent-starts",
+        "max_concurrent_starts",
+        _positive_int,
+        "N",
+        "workers warming at once",
+        unset="the CPUs",
+    ),
+    _Setting(
+        "--backoff-base",
+        "backoff_base",
+        _positive_float,
+        "SECONDS",
+        "first delay after a failed start",
+    ),
+    _Setting(
+        "--backoff-cap",
+        "backoff_cap",
+        _positive_float,
+        "SECONDS",
+        "longest delay between failing starts",
+    ),
+    _Setting(
+        "--load-threshold",
+        "load_threshold",
+        _positive_float,
+        "FRACTION",
+        "the busy fraction at which no idle worker is kept",
+    ),
+    _Setting(
+        "--max-message-bytes",
+        "max_message_bytes",
+        _positive_int,
+        "BYTES",
+        "largest job argument or result",
+    ),
+    _Setting(
+        "--shm-min-bytes",
+        "shm_min_bytes",
+        _positive_int,
+        "BYTES",
+        "buffers this large go through shared memory",
+    ),
+)
+SETTING_DESTS = tuple(setting.option for setting in _SETTINGS)
+"""The argparse dests of the settings flags (``procsup serve`` shares them)."""
+
+
+def _library_default(setting: _Setting) -> str:
+    """The option's default, from the options classes (the one source)."""
+    for cls in (WorkerOptions, PoolOptions):
+        for field in attrs.fields(cls):
+            if field.name == setting.option:
+                value = field.default
+                if value is None or value == ():
+                    return setting.unset
+                return str(value).replace("%", "%%")
+    raise LookupError(setting.option)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,30 +534,67 @@ class _RunConfig:
         self.quiet: bool = args.quiet
         metrics = getattr(args, "metrics", None)  # `procsup serve` shares this class, not the flag
         self.metrics = _metrics_address(metrics) if metrics else None
+        self.unordered: bool = getattr(args, "unordered", False)
+        self.unpack: bool = getattr(args, "unpack", False)
+        # the settings flags given; the others keep the library's defaults
+        self.settings: dict[str, Any] = {
+            name: getattr(args, name) for name in SETTING_DESTS if getattr(args, name) is not None
+        }
+        self._check_settings()
         _make_cwd_importable()
         self.fn = load_callable(args.func, "MODULE:FUNC")
         self.init = load_callable(args.init, "--init") if args.init else None
 
+    def _check_settings(self) -> None:
+        """Refuse what open_pool would refuse, before any worker starts."""
+        given = {"idle": self.idle, "max_workers": self.concurrency, **self.settings}
+        try:
+            pick_options(PoolOptions, given)
+            pick_options(WorkerOptions, given)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            for setting in _SETTINGS:
+                message = message.replace(setting.option, setting.flag)
+            raise UsageError(message) from None
+
+    def warn_if_oversubscribed(self) -> None:
+        """Once, on stderr: --concurrency far above the CPUs is mostly queueing."""
+        cpus = available_cpus()
+        if self.concurrency > 2 * cpus:
+            print(
+                f"procsup run: warning: --concurrency {self.concurrency} is far above the "
+                f"{cpus} CPU(s) this process may use; CPU-bound jobs only wait for each "
+                "other (fine for jobs that mostly wait on I/O)",
+                file=sys.stderr,
+            )
+
+
+def pick_options(cls: type[Any], given: dict[str, Any]) -> Any:
+    """``cls`` made from the entries of ``given`` that are its options."""
+    names = {field.name for field in attrs.fields(cls) if field.init}
+    return cls(**{name: value for name, value in given.items() if name in names})
+
 
 class _Writer:
-    """Writes records in input order, each as soon as all before it are out,
-    and flushes after each line (an interrupted run keeps what it wrote)."""
+    """Writes the records, flushing each line (an interrupted run keeps what it
+    wrote): in input order, each as soon as all before it are out; or, not
+    ordered, as they come. An input skipped by --resume counts as written."""
 
     window = 10_000  # records that may wait for an earlier one; then reading pauses
 
-    def __init__(self, out: IO[str], display: Display, tally: Tally, to_terminal: bool) -> None:
+    def __init__(
+        self, out: IO[str], display: Display, tally: Tally, to_terminal: bool, *, ordered: bool
+    ) -> None:
         self._out = out
         self._display = display
         self._tally = tally
         self._to_terminal = to_terminal
-        self._pending: dict[int, str] = {}
-        self._next = 0
-        self._moved = trio.Event()
+        self._ordered = ordered
+        self._pending: dict[int, str | None] = {}  # ordered: lines waiting (None: skipped)
+        self._next = 0  # ordered: the index to write next
+        self._moved = trio.Event()  # set (and renewed) when _next moves
+        self.written = 0  # lines written by this run
         self.broken = False
-
-    @property
-    def written(self) -> int:
-        return self._next
 
     def complete(self, index: int, record: dict[str, Any]) -> None:
         line, error = _dump_record(record)  # first: a result that is not JSON is an error
@@ -351,25 +602,41 @@ class _Writer:
             self._tally.failed[error["type"]] += 1
         self._tally.done += 1
         self._display.advance()
+        self._put(index, line)
+
+    def skip(self, index: int) -> None:
+        """--resume: the output holds this input's record already."""
+        self._put(index, None)
+
+    def _put(self, index: int, line: str | None) -> None:
+        if not self._ordered:
+            if line is not None and not self.broken:
+                self._emit(line)
+            return
         self._pending[index] = line
         while self._next in self._pending and not self.broken:
-            self._emit(self._pending.pop(self._next))
+            line = self._pending.pop(self._next)
+            if line is not None:
+                self._emit(line)
             self._next += 1
         self._moved.set()
         self._moved = trio.Event()
 
     async def wait_for_room(self, index: int) -> None:
-        while index - self._next >= self.window:
+        while self._ordered and index - self._next >= self.window:
             await self._moved.wait()
 
     def _emit(self, line: str) -> None:
         if self._to_terminal and self._display.print_output(line):
+            self.written += 1
             return
         try:
             self._out.write(line + "\n")
             self._out.flush()
         except BrokenPipeError:
             self.broken = True
+        else:
+            self.written += 1
 
 
 def _dump_record(record: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
@@ -395,7 +662,7 @@ def open_run_pool(cfg: _RunConfig, **options: Any) -> AbstractAsyncContextManage
         max_jobs=cfg.max_jobs,
         memory_limit_mb=cfg.memory_limit_mb,
         worker_loop=cfg.worker_loop,
-        **options,
+        **{**cfg.settings, **options},  # the settings flags given, then the command's own
     )
 
 
@@ -410,13 +677,23 @@ async def first_start_error(pool: Pool) -> NoWorkerAvailableError | None:
 
 
 class _Run:
-    """One ``procsup run``: the pool, the input feed, the job loops, the writer."""
+    """One ``procsup run``: the pool, the inputs, the map, the writer."""
 
-    def __init__(self, cfg: _RunConfig, in_fd: int, writer: _Writer, display: Display) -> None:
+    def __init__(
+        self,
+        cfg: _RunConfig,
+        in_fd: int,
+        writer: _Writer,
+        display: Display,
+        held: frozenset[int] = frozenset(),
+    ) -> None:
         self.cfg = cfg
         self.in_fd = in_fd
         self.writer = writer
         self.display = display
+        self.held = held  # --resume: the input indices the output has records for
+        # The input index of each map input not yet settled (at most the map's window).
+        self._index_of: dict[int, int] = {}
         self.signal: int | None = None
         self.start_error: NoWorkerAvailableError | None = None
         self.workers_started = 0
@@ -440,7 +717,7 @@ class _Run:
     async def _count_total(self) -> None:
         total = await trio.to_thread.run_sync(count_records, self.in_fd, abandon_on_cancel=True)
         if total is not None:
-            self.display.set_total(total)
+            self.display.set_total(max(total - len(self.held), 0))
 
     async def _run_pool(self) -> None:
         cfg = self.cfg
@@ -453,59 +730,83 @@ class _Run:
             if (error := await first_start_error(pool)) is not None:
                 self.start_error = error
                 return
-            jobs_send, jobs_recv = trio.open_memory_channel[tuple[int, Any]](cfg.concurrency)
             try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._feed, jobs_send)
-                    async with jobs_recv:
-                        for _ in range(cfg.concurrency):
-                            nursery.start_soon(self._work, pool, jobs_recv.clone())
+                await self._map(pool)
             finally:
                 self.workers_started = pool.statistics().starts
 
-    async def _feed(self, jobs: trio.MemorySendChannel[tuple[int, Any]]) -> None:
-        async with jobs:
-            index = 0
-            async for raw in _read_lines(self.in_fd):
+    async def _map(self, pool: Any) -> None:
+        cfg = self.cfg
+        async with pool.map(
+            operator.call if cfg.unpack else cfg.fn,
+            self._inputs(),
+            max_in_flight=cfg.concurrency,
+            ordered=False,  # the writer puts records in order (some have no job)
+            timeout=cfg.timeout,
+            return_exceptions=True,
+        ) as results:
+            async for position, outcome in results.indexed():
+                index = self._index_of.pop(position)
+                self.writer.complete(index, self._record(index, outcome))
+                if self.writer.broken:
+                    self._everything.cancel()  # nobody reads the records any more
+
+    async def _inputs(self) -> AsyncIterator[Any]:
+        """The map's inputs: each input line's value (or, --unpack, the call
+        it makes), but for blank lines, lines that are not JSON (whose
+        records are written here) and inputs --resume skips."""
+        index = 0  # of the input line
+        position = 0  # of the map input
+        # map closes this generator in the task that iterates it
+        async with contextlib.aclosing(_read_lines(self.in_fd)) as lines:
+            async for raw in lines:
                 if not raw.strip():
                     continue  # blank lines are not inputs
                 await self.writer.wait_for_room(index)
-                try:
-                    value = json.loads(raw)
-                except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-                    error = error_fields(exc)
-                    error["phase"] = "input"
-                    self.writer.complete(index, {"index": index, "error": error})
+                if index in self.held:
+                    self.writer.skip(index)
                 else:
-                    await jobs.send((index, value))
+                    try:
+                        value = json.loads(raw)
+                    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+                        error = error_fields(exc)
+                        error["phase"] = "input"
+                        self.writer.complete(index, {"index": index, "error": error})
+                    else:
+                        self._index_of[position] = index
+                        position += 1
+                        yield _unpack(self.cfg.fn, value) if self.cfg.unpack else value
                 index += 1
                 if self.writer.broken:
                     self._everything.cancel()
 
-    async def _work(self, pool: Any, jobs: trio.MemoryReceiveChannel[tuple[int, Any]]) -> None:
-        cfg = self.cfg
-        async with jobs:
-            async for index, value in jobs:
-                record: dict[str, Any] = {"index": index}
-                try:
-                    record["result"] = await pool.run(cfg.fn, value, timeout=cfg.timeout)
-                except JobTimeoutError:
-                    record["error"] = {
-                        "type": "TimeoutError",
-                        "message": f"the job did not finish within --timeout {cfg.timeout:g}s; "
-                        "its worker was stopped",
-                        "phase": "job",
-                        "exit_code": None,
-                        "signal": None,
-                    }
-                except Exception as exc:  # noqa: BLE001 -- a job's error becomes its record
-                    record["error"] = error_fields(exc)
-                self.writer.complete(index, record)
-                if self.writer.broken:
-                    self._everything.cancel()  # nobody reads the records any more
+    def _record(self, index: int, outcome: Any) -> dict[str, Any]:
+        if isinstance(outcome, JobTimeoutError):
+            error = {
+                "type": "TimeoutError",
+                "message": f"the job did not finish within --timeout {self.cfg.timeout:g}s; "
+                "its worker was stopped",
+                "phase": "job",
+                "exit_code": None,
+                "signal": None,
+            }
+            return {"index": index, "error": error}
+        if isinstance(outcome, Exception):
+            return {"index": index, "error": error_fields(outcome)}
+        return {"index": index, "result": outcome}
 
 
-async def _read_lines(fd: int) -> AsyncIterator[bytes]:
+def _unpack(fn: Callable[..., Any], value: Any) -> functools.partial[Any]:
+    """--unpack: a JSON array is positional arguments, an object keyword
+    arguments, any other value the one argument (for ``operator.call``)."""
+    if isinstance(value, list):
+        return functools.partial(fn, *value)
+    if isinstance(value, dict):
+        return functools.partial(fn, **value)
+    return functools.partial(fn, value)
+
+
+async def _read_lines(fd: int) -> AsyncGenerator[bytes, None]:
     """Yield the lines (bytes, without ``\\n``) read from ``fd``; a blocking
     read runs in a thread that is abandoned if we are cancelled."""
     buffer = bytearray()
@@ -553,15 +854,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with _stdout_kept_for_records() if args.output == "-" else _no_stdout() as stdout:
         try:
             cfg = _RunConfig(args)
+            if args.resume and args.output == "-":
+                raise UsageError("--resume needs -o FILE: the output file to complete")
+            held = held_indices(args.output) if args.resume else frozenset()
             in_fd = _open_input(args.input)
         except UsageError as exc:
             print(f"procsup run: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        cfg.warn_if_oversubscribed()
         try:
             if stdout is not None:
                 return _run_and_report(cfg, in_fd, stdout, os.isatty(stdout.fileno()))
+            mode = "a" if args.resume else "w"
             try:
-                out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 -- closed below
+                out = open(args.output, mode, encoding="utf-8")  # noqa: SIM115 -- closed below
             except OSError as exc:
                 print(
                     f"procsup run: error: cannot write {args.output!r}: {exc.strerror}",
@@ -569,7 +875,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 )
                 return EXIT_USAGE
             with out:
-                return _run_and_report(cfg, in_fd, out, False)
+                return _run_and_report(cfg, in_fd, out, False, held)
         finally:
             if in_fd != 0:
                 os.close(in_fd)
@@ -599,6 +905,39 @@ def _no_stdout() -> Iterator[IO[str] | None]:
     yield None
 
 
+def held_indices(path: str) -> frozenset[int]:
+    """--resume: the input indices that the output file has records for.
+
+    A last line without its newline (the run was killed while writing it)
+    is cut off, so that its input runs again: one record per input.
+    """
+    held = set()
+    try:
+        out = open(path, "r+b")  # noqa: SIM115 -- closed by the with below
+    except FileNotFoundError:
+        return frozenset()  # nothing done yet
+    except OSError as exc:
+        raise UsageError(f"cannot read {path!r} to resume: {exc.strerror}") from None
+    with out:
+        offset = 0
+        for number, line in enumerate(out, 1):
+            if not line.endswith(b"\n"):
+                out.truncate(offset)
+                break
+            offset += len(line)
+            try:
+                index = json.loads(line)["index"]
+            except (ValueError, TypeError, KeyError):
+                index = None
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise UsageError(
+                    f"{path!r} line {number} is not a procsup run record; --resume "
+                    "completes a file that procsup run wrote"
+                ) from None
+            held.add(index)
+    return frozenset(held)
+
+
 def _open_input(path: str) -> int:
     if path == "-":
         return 0
@@ -608,7 +947,13 @@ def _open_input(path: str) -> int:
         raise UsageError(f"cannot read input {path!r}: {exc.strerror}") from None
 
 
-def _run_and_report(cfg: _RunConfig, in_fd: int, out: IO[str], out_is_terminal: bool) -> int:
+def _run_and_report(
+    cfg: _RunConfig,
+    in_fd: int,
+    out: IO[str],
+    out_is_terminal: bool,
+    held: frozenset[int] = frozenset(),
+) -> int:
     _show_warnings_on_stderr()
     tally = Tally(total=None)
     mode = "quiet" if cfg.quiet else "live" if sys.stderr.isatty() else "plain"
@@ -619,8 +964,9 @@ def _run_and_report(cfg: _RunConfig, in_fd: int, out: IO[str], out_is_terminal: 
         print(f"procsup run: error: cannot serve metrics on {host}:{port}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     with metrics, open_display("procsup run", tally, mode=mode) as display:
-        writer = _Writer(out, display, tally, to_terminal=out_is_terminal)
-        run = _Run(cfg, in_fd, writer, display)
+        ordered = not cfg.unordered
+        writer = _Writer(out, display, tally, to_terminal=out_is_terminal, ordered=ordered)
+        run = _Run(cfg, in_fd, writer, display, held)
         trio.run(run.main)
     return _report(run, tally)
 
@@ -677,6 +1023,8 @@ def _report(run: _Run, tally: Tally) -> int:
         f"in {elapsed:.2f}s ({tally.rate():.1f}/s); workers started: {run.workers_started}",
         file=err,
     )
+    if run.held:
+        print(f"procsup run: resumed: {len(run.held)} inputs already had a record", file=err)
     if tally.failed:
         reasons = ", ".join(f"{name} {n}" for name, n in tally.failed.most_common())
         print(f"procsup run: failed by reason: {reasons}", file=err)

@@ -13,11 +13,14 @@ from typing import Any
 
 import trio
 
+from ._cli import SETTING_DESTS
+
 __all__ = ["add_commands"]
 
 _POOL_OPTIONS = (
     *("init", "concurrency", "idle", "timeout", "max_jobs_per_worker", "memory_limit_mb"),
     "worker_loop",
+    *SETTING_DESTS,  # --init-timeout, --start-method...: procsup run's settings flags
 )
 _MISSING_EXTRA = "procsup: the queue commands need the redis extra: pip install 'procsup[redis]'"
 
