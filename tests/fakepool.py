@@ -191,6 +191,9 @@ class FakeStarts:
 
 @asynccontextmanager
 async def open_fake_pool(starts: FakeStarts, **options: Any) -> AsyncIterator[Pool]:
-    """A real pool (``options``: :class:`PoolOptions`) over fake workers."""
+    """A real pool (``options``: :class:`PoolOptions`) over fake workers;
+    unbounded unless ``max_workers`` is given (the default cap is the
+    machine's CPUs: these tests must not depend on the machine)."""
+    options.setdefault("max_workers", None)
     async with Pool._open(PoolOptions(**options), starts) as pool:  # type: ignore[arg-type]
         yield pool

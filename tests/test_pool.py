@@ -200,7 +200,9 @@ async def test_dead_idle_workers_are_replaced_and_never_handed_out() -> None:
 
 async def test_idle_target_follows_load() -> None:
     load = 0.0
-    async with procsup.open_pool(idle=4, load=lambda: load, load_interval=0.02) as pool:
+    # unbounded: the five acquirers below hold five workers at once
+    pool_cm = procsup.open_pool(idle=4, max_workers=None, load=lambda: load, load_interval=0.02)
+    async with pool_cm as pool:
         await pool.wait_warm()
         assert pool.statistics().target_idle == 4
         load = 0.35
@@ -214,7 +216,7 @@ async def test_idle_target_follows_load() -> None:
 
 
 async def test_busy_workers_do_not_count_towards_the_idle_target() -> None:
-    async with procsup.open_pool(idle=2, max_jobs=None) as pool:
+    async with procsup.open_pool(idle=2, max_workers=None, max_jobs=None) as pool:
         await pool.wait_warm()
         async with pool.acquire(), pool.acquire():
             # both idle workers are busy now: two more must warm
@@ -303,7 +305,9 @@ async def test_first_success_resets_the_backoff(
 async def test_leaving_the_block_leaves_no_child(how: str) -> None:
     with trio.move_on_after(1.5 if how == "by cancellation" else 60):
         try:
-            async with procsup.open_pool(helpers.sleepy_init, idle=2, max_jobs=None) as pool:
+            async with procsup.open_pool(
+                helpers.sleepy_init, idle=2, max_workers=None, max_jobs=None
+            ) as pool:
                 await pool.wait_warm()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(pool.run, helpers.sleep_for, 60)  # busy
