@@ -83,7 +83,7 @@ async def test_seed_003_a_running_job_holds_no_warming_lock() -> None:
     no replacement could warm while a job ran. Here, with a single start slot,
     replacements warm while two long jobs run."""
     async with procsup.open_pool(
-        helpers.sleepy_init, idle=2, max_concurrent_starts=1, max_jobs=None
+        helpers.sleepy_init, idle=2, max_workers=None, max_concurrent_starts=1, max_jobs=None
     ) as pool:
         await pool.wait_warm()
         async with pool.acquire() as a, pool.acquire() as b, trio.open_nursery() as nursery:
@@ -102,7 +102,7 @@ async def test_seed_004_idle_target_direction_and_busy_not_counted_as_idle() -> 
     Here full load means target 0, and busy workers never count."""
     load = 1.0
     async with procsup.open_pool(
-        idle=2, load=lambda: load, load_interval=0.02, max_jobs=None
+        idle=2, max_workers=None, load=lambda: load, load_interval=0.02, max_jobs=None
     ) as pool:
         assert pool.statistics().target_idle == 0
         assert pool.statistics().warming == 0
