@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import trio
 
 from ._cpus import available_cpus
+from ._options import check_timeout
 from ._util import collapse_single_group
 
 if TYPE_CHECKING:
@@ -34,14 +35,6 @@ __all__ = ["MapResults", "open_map"]
 
 T = TypeVar("T")
 _NOTHING: Any = object()
-
-
-async def run_one(pool: Pool, fn: Callable[..., Any], item: Any, timeout: float | None) -> Any:  # noqa: ASYNC109 -- per job, as in Pool.run
-    """One job of a map: ``fn(item)`` as :meth:`Pool.run` runs it, with its
-    per-job ``timeout`` (counted from when the job reaches a worker)."""
-    if timeout is None:
-        return await pool.run(fn, item)
-    return await pool._run(fn, (item,), timeout)
 
 
 class MapResults(Generic[T]):
@@ -146,15 +139,14 @@ async def open_map(
         raise TypeError(f"max_in_flight must be an int, got {type(max_in_flight).__name__}")
     elif max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+    check_timeout(timeout)
     items = _aiter(iterable)
     results: MapResults[Any] = MapResults(ordered=ordered, window=2 * max_in_flight)
     running = trio.Semaphore(max_in_flight)  # a token per job not yet settled
 
     async def job(index: int, item: Any, scope: trio.CancelScope) -> None:
         try:
-            value = await run_one(pool, fn, item, timeout)
+            value = await pool.run(fn, item, timeout=timeout)
         except Exception as exc:  # noqa: BLE001 -- a job's error is its outcome
             if not return_exceptions:
                 results.failed(exc)

@@ -158,7 +158,8 @@ async def test_the_timeout_is_per_job_and_excludes_the_queue_wait() -> None:
             sleep_then_return, [5.0, 0.0], timeout=0.5, return_exceptions=True
         ) as results:
             slow, quick = await collect(results)
-    assert isinstance(slow, (trio.TooSlowError, TimeoutError))
+    assert isinstance(slow, procsup.JobTimeoutError)
+    assert slow.timeout == 0.5
     assert quick == 0.0
 
 
