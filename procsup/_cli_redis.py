@@ -90,7 +90,8 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, wait this long for running jobs (default: 300)",
     )
-    serve.set_defaults(handler=_cmd_serve, quiet=True)
+    # `run`'s --metrics is not an option of serve (yet): none, never an AttributeError
+    serve.set_defaults(handler=_cmd_serve, quiet=True, metrics=None)
 
     submit = commands.add_parser(
         "submit",
