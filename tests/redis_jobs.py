@@ -46,12 +46,26 @@ def _first_time(path: str | None) -> bool:
     return True
 
 
+def _wait_for(gate: str, within: float = 60.0) -> None:
+    """Block until the test creates ``gate``: a job that must still be running
+    when the test samples the queue cannot finish early, however slow the
+    machine. A file is the one thing a test can signal every worker with."""
+    deadline = time.monotonic() + within
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test never opened gate {gate}")
+        time.sleep(0.01)
+
+
 def work(arg: Any) -> Any:
-    """{"sleep": s, "crash": True, "raise": "msg", "kill_host": True, "value": v,
-    "crash_once": marker path, "transient_once": marker path}."""
+    """{"gate": path, "sleep": s, "crash": True, "raise": "msg", "kill_host": True,
+    "value": v, "crash_once": marker path, "transient_once": marker path}.
+    The execution is logged first, then the job waits for its gate, if any."""
     _log(arg)
     if not isinstance(arg, dict):
         return arg
+    if arg.get("gate"):
+        _wait_for(arg["gate"])
     if _first_time(arg.get("crash_once")):
         os._exit(3)
     if _first_time(arg.get("transient_once")):

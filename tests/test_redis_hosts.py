@@ -140,6 +140,13 @@ def _exists(pid: int) -> bool:
     return True
 
 
+async def started(exec_log: str, n: int) -> None:
+    """Wait until ``n`` executions have begun (each logs itself first)."""
+    with trio.fail_after(20):
+        while len(redis_jobs.executions(exec_log)) < n:
+            await trio.sleep(0.02)
+
+
 def pending_by_consumer(redis_server: Any) -> dict[str, int]:
     out = redis_server.cli("--json", "XPENDING", "procsup:{q}:s", "procsup")
     summary = json.loads(out)
@@ -224,14 +231,14 @@ async def test_host_killed_mid_job_is_redelivered(
         open_queue(redis_server.url, "q") as q,
     ):
         a = await hosts.start()
-        job = await q.submit({"sleep": 3.0, "value": "done"})
-        with trio.fail_after(20):
-            while not redis_jobs.executions(exec_log):
-                await trio.sleep(0.02)
+        gate = tmp_path / "gate"  # shut: A's run cannot finish, however slow B's start
+        job = await q.submit({"gate": str(gate), "sleep": 3.0, "value": "done"})
+        await started(exec_log, 1)
         await hosts.start()  # B, after A has the job
         assert pending_by_consumer(redis_server) == {hosts.consumer(0): 1}  # A runs it still
         killed_at = trio.current_time()
         dead = hosts.kill(a)
+        gate.touch()  # B's run goes through
         record = await result_record(q, job, timeout=LEASE * 1.5 + 15)
         took = trio.current_time() - killed_at
         assert record == {"result": "done"}
@@ -303,23 +310,23 @@ async def test_sigterm_drains_and_hands_back(
         open_queue(redis_server.url, "q") as q,
     ):
         a = await hosts.start("--drain-timeout", "0.5", lease=30)
+        gate = tmp_path / "gate"  # shut: the slow job is still running when the drain ends
         quick = await q.submit({"sleep": 0.2, "value": "quick"})
-        slow = await q.submit({"sleep": 5, "value": "slow"})
-        with trio.fail_after(20):
-            while len(redis_jobs.executions(exec_log)) < 2:
-                await trio.sleep(0.02)
+        slow = await q.submit({"gate": str(gate), "sleep": 0.5, "value": "slow"})
+        await started(exec_log, 2)
+        assert await q.result(quick, timeout=20) == "quick"  # finished before the drain
         pids = hosts.tree(a)
         a.send_signal(signal.SIGTERM)
         code = await trio.to_thread.run_sync(a.wait, 20)
         assert code == 143, hosts.stderr(0)
         assert await gone(pids)
-        assert await q.result(quick, timeout=1) == "quick"
         stats = await q.statistics()
         assert (stats.length, stats.pending) == (1, 0)  # the slow job, back in the queue
-        started = trio.current_time()
+        gate.touch()
+        restarted = trio.current_time()
         await hosts.start(lease=30)
         assert await q.result(slow, timeout=20) == "slow"
-        assert trio.current_time() - started < 15  # well before its 30 s lease
+        assert trio.current_time() - restarted < 15  # well before its 30 s lease
         slow_runs = [e for e in redis_jobs.executions(exec_log) if e["arg"]["value"] == "slow"]
         assert len(slow_runs) == 2
         record = json.loads(redis_server.cli("GET", f"procsup:{{q}}:r:{slow}"))
@@ -397,15 +404,16 @@ async def test_paused_host_loses_its_job_and_its_late_result_is_dropped(
         open_queue(redis_server.url, "q") as q,
     ):
         a = await hosts.start()
-        job = await q.submit({"sleep": LEASE * 2, "value": "once"})
-        with trio.fail_after(20):
-            while not redis_jobs.executions(exec_log):
-                await trio.sleep(0.02)
+        gate = tmp_path / "gate"  # shut: A's run cannot finish, however slow B's start
+        job = await q.submit({"gate": str(gate), "sleep": LEASE * 2, "value": "once"})
+        await started(exec_log, 1)
         await hosts.start()
         assert pending_by_consumer(redis_server) == {hosts.consumer(0): 1}  # A runs it still
+        gate.touch()
         os.kill(a.pid, signal.SIGSTOP)  # the host only: its worker finishes the job
         try:
             await trio.sleep(LEASE * 2.5)
+            await started(exec_log, 2)  # A stays stopped until B has taken the job over
         finally:
             os.kill(a.pid, signal.SIGCONT)
         assert await q.result(job, timeout=20) == "once"
