@@ -24,6 +24,7 @@ thread:
 from __future__ import annotations
 
 import os
+from time import monotonic as _monotonic
 
 from . import _child
 from ._child import _Interrupted
@@ -31,6 +32,7 @@ from ._wire import Kind, encode
 
 TYPE_CHECKING = False  # not typing's: see _child
 if TYPE_CHECKING:
+    import select
     from collections.abc import Awaitable, Callable
     from typing import Any, Protocol
 
@@ -47,15 +49,23 @@ if TYPE_CHECKING:
 
 __all__ = ["serve", "worker_nursery"]
 
+# Seconds a run of jobs may go on without a loop turn, when each finds the
+# next order already there: what that may delay background tasks by.
+_MAX_SKIPPED_TURN = 0.001
+
 
 def serve(name: str, channel: _Channel, orders: _FrameReader, payload: bytes, max_jobs: int) -> int:
     """A worker's life on a ``name`` loop (one of ``WORKER_LOOPS``, checked
     by the parent); returns its exit code."""
-    life = _Life(channel, orders, payload, max_jobs)
+    import select
+
     try:
-        if name == "trio":
-            return _run_trio(life)
-        return _run_asyncio(life, uvloop=name == "uvloop")
+        with select.epoll() as arrivals:
+            arrivals.register(orders._fd, select.EPOLLIN)
+            life = _Life(channel, orders, arrivals, payload, max_jobs)
+            if name == "trio":
+                return _run_trio(life)
+            return _run_asyncio(life, uvloop=name == "uvloop")
     except _StartFailed as failed:
         channel.send(
             encode(Kind.INIT_FAILED, *_child._describe(failed.error, room=channel.max_frame))
@@ -78,9 +88,18 @@ class _Life:
     """The initializer and the jobs, on whichever loop; the loop's parts come
     from ``loop`` (see :class:`_Loop`)."""
 
-    def __init__(self, channel: _Channel, orders: _FrameReader, payload: bytes, max_jobs: int):
+    def __init__(
+        self,
+        channel: _Channel,
+        orders: _FrameReader,
+        arrivals: select.epoll,
+        payload: bytes,
+        max_jobs: int,
+    ):
         self.channel = channel
         self.orders = orders
+        self.arrivals = arrivals  # an epoll set of the jobs socket: readable while it is
+        self.turn_due = 0.0  # (monotonic) after it, an order waits for a loop turn
         self.payload = payload
         self.max_jobs = max_jobs
         self.loop: _Loop | None = None
@@ -132,10 +151,18 @@ class _Life:
         return True
 
     async def _next_order(self, loop: _Loop) -> tuple[int, tuple[Any, ...]]:
-        # A frame already buffered (STOP behind the last JOB) makes no wakeup.
-        if not self.orders._buffer:
+        # A frame already buffered (STOP behind the last JOB) makes no wakeup,
+        # nor does an order already there (the parent often sends the next
+        # job before this side gets here), unless the loop is due a turn:
+        # background tasks wait for one.
+        if not self.orders._buffer and not (self.arrived() and _monotonic() < self.turn_due):
             await loop.wait_for_orders()
+            self.turn_due = _monotonic() + _MAX_SKIPPED_TURN
         return _child._next_order(self.orders)  # reads only what has arrived
+
+    def arrived(self) -> bool:
+        """Whether the jobs socket has bytes to read (without blocking)."""
+        return bool(self.arrivals.poll(0))
 
     async def _job(self, loop: _Loop, job_id: int, payload: bytes | Callable[[], Any]) -> None:
         # As _child._run_job: what unpickling raises (SystemExit too) is the
@@ -217,15 +244,8 @@ def _run_asyncio(life: _Life, *, uvloop: bool) -> int:
             factory = uvloop_module.new_event_loop
     except ImportError as exc:
         raise _StartFailed(exc) from None
-    import select
-
-    # The loop watches an epoll set that holds the jobs socket, not the
-    # socket: uvloop makes what it watches non-blocking, and the socket must
-    # stay blocking for the threads that write to it and for _FrameReader.
-    with asyncio.Runner(loop_factory=factory) as runner, select.epoll() as proxy:
-        proxy.register(life.orders._fd, select.EPOLLIN)
-        loop = _AsyncioLoop(asyncio, runner.get_loop(), life, proxy.fileno())
-        return runner.run(life.run(loop))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(life.run(_AsyncioLoop(asyncio, runner.get_loop(), life)))
 
 
 class _AsyncioLoop:
@@ -237,9 +257,14 @@ class _AsyncioLoop:
     that sets its own handler decides for itself.
     """
 
-    def __init__(self, asyncio: Any, loop: Any, life: _Life, orders_ready: int) -> None:
+    def __init__(self, asyncio: Any, loop: Any, life: _Life) -> None:
         self._asyncio = asyncio
-        self._orders_ready = orders_ready  # readable while the jobs socket is
+        # The loop watches life.arrivals, not the jobs socket: uvloop makes
+        # what it watches non-blocking, and the socket must stay blocking for
+        # the threads that write to it and for _FrameReader.
+        self._orders_ready = life.arrivals.fileno()
+        self._watching = False  # the loop has our reader on _orders_ready
+        self._waiter: Any = None  # the main task waits for orders on it
         self._loop = loop
         self._life = life
         self._main: Any = None  # the main task, which runs the jobs
@@ -248,18 +273,33 @@ class _AsyncioLoop:
         loop.set_exception_handler(self._on_error)
 
     async def wait_for_orders(self) -> None:
+        # The main task sleeps until the reader wakes it. The reader stays
+        # registered between jobs (an add_reader and a remove_reader fewer a
+        # job); it is removed only when it fires with nobody waiting.
         loop = self._loop
-        ready = loop.create_future()
+        if not self._watching:
+            loop.add_reader(self._orders_ready, self._readable)
+            self._watching = True
+        while True:
+            self._waiter = waiter = loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+            if self._life.arrived():
+                return
 
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(self._orders_ready, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(self._orders_ready)
+    def _readable(self) -> None:
+        # The loop may call this for an order the main task has read since
+        # (it ran first in the same loop turn): such a call wakes nobody.
+        if not self._life.arrived():
+            return
+        waiter = self._waiter
+        if waiter is None:  # an order came while a job awaits: watch again when it is done
+            self._loop.remove_reader(self._orders_ready)
+            self._watching = False
+        elif not waiter.done():
+            waiter.set_result(None)
 
     async def run_job(self, coro: Awaitable[Any]) -> Any:
         # In the main task, not a task of its own: two loop turns fewer a job.
