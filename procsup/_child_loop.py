@@ -280,14 +280,11 @@ class _AsyncioLoop:
         if not self._watching:
             loop.add_reader(self._orders_ready, self._readable)
             self._watching = True
-        while True:
-            self._waiter = waiter = loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-            if self._life.arrived():
-                return
+        self._waiter = waiter = loop.create_future()
+        try:
+            await waiter  # set once an order is there; only this task reads them
+        finally:
+            self._waiter = None
 
     def _readable(self) -> None:
         # The loop may call this for an order the main task has read since

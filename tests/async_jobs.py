@@ -112,6 +112,41 @@ async def asyncio_queue_job(count: int) -> tuple[list[int], str]:
     return list(items), slept
 
 
+# -- a background timer that ticks while trivial jobs run back to back
+
+
+async def asyncio_ticker_init() -> dict[str, Any]:
+    import asyncio
+
+    state: dict[str, Any] = {"ticks": 0}
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(0.001)
+            state["ticks"] += 1
+
+    state["ticker"] = asyncio.create_task(tick(), name="ticker")
+    return state
+
+
+async def trio_ticker_init() -> dict[str, Any]:
+    import trio
+
+    state: dict[str, Any] = {"ticks": 0}
+
+    async def tick() -> None:
+        while True:
+            await trio.sleep(0.001)
+            state["ticks"] += 1
+
+    procsup.worker_nursery().start_soon(tick)
+    return state
+
+
+def ticks() -> int:
+    return int(procsup.worker_state()["ticks"])
+
+
 # -- cancellation
 
 

@@ -100,6 +100,21 @@ async def test_pings_are_answered_while_the_loop_runs(loop: str, start_method: s
         assert await worker.run(async_jobs.pid) == worker.pid
 
 
+@pytest.mark.parametrize("loop", ALL_LOOPS)
+async def test_background_timers_fire_while_trivial_jobs_run_back_to_back(
+    loop: str, start_method: str
+) -> None:
+    # A job that never suspends, and the next order already there when it
+    # ends, still leaves the loop a turn at least every millisecond or so.
+    async with open_worker(loop, start_method, for_loop(loop, "ticker_init")) as worker:
+        before = await worker.run(async_jobs.ticks)
+        deadline = trio.current_time() + 0.5
+        while trio.current_time() < deadline:
+            await worker.run(async_jobs.async_noop)
+        after = await worker.run(async_jobs.ticks)
+    assert after - before >= 20  # a 1 ms timer, for 0.5 s
+
+
 # -- cancellation
 
 
