@@ -23,6 +23,7 @@ EVENT_LEVELS = {
     "start_failed": logging.WARNING,
     "job_started": logging.DEBUG,
     "job_finished": logging.DEBUG,
+    "recycled": logging.DEBUG,  # the worker logs it at INFO, with its memory
     "exited": logging.DEBUG,
 }
 
@@ -34,7 +35,9 @@ class PoolEvent:
     Attributes:
         kind: ``"start"`` (a child process was spawned), ``"ready"`` (its
             initializer returned), ``"start_failed"``, ``"job_started"``,
-            ``"job_finished"`` or ``"exited"`` (the process was reaped).
+            ``"job_finished"``, ``"recycled"`` (after its job the worker used
+            more than ``recycle_above_mb``: it retires gracefully and a new
+            one replaces it) or ``"exited"`` (the process was reaped).
         pid: the worker's process id, where there is one.
         time: ``trio.current_time()`` when it happened.
         returncode: for ``"exited"``: how it ended (negative: that signal).

@@ -202,6 +202,9 @@ class WorkerOptions:
     memory_warn_mb: float | None = attrs.field(default=None, validator=_number(0, allow_none=True))
     memory_limit_mb: float | None = attrs.field(default=None, validator=_number(0, allow_none=True))
     memory_interval: float = attrs.field(default=0.5, validator=_number(0))
+    recycle_above_mb: float | None = attrs.field(
+        default=None, validator=_number(0, allow_none=True)
+    )
     cancel_grace: float = attrs.field(default=1.0, validator=_number(0, strict=False))
     max_message_bytes: int = attrs.field(
         default=256 * 1024 * 1024,

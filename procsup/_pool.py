@@ -44,7 +44,6 @@ from collections.abc import (
 )
 from contextlib import (
     AbstractAsyncContextManager,
-    AsyncExitStack,
     asynccontextmanager,
     contextmanager,
 )
@@ -115,6 +114,11 @@ class PoolStatistics:
         jobs_by_outcome: ``jobs_completed`` by how they ended: a count for
             each of ``"ok"``, ``"error"``, ``"crashed"``, ``"timeout"``,
             ``"cancelled"`` and ``"memory"`` (see :doc:`metrics`).
+        recycled: workers retired after a job for using more than
+            ``recycle_above_mb``.
+        state: ``"open"``; ``"draining"`` from the first line of
+            :meth:`Pool.drain` (nothing new is taken); ``"closed"`` once a
+            drain ended or the pool's block began to exit.
     """
 
     idle: int
@@ -131,6 +135,8 @@ class PoolStatistics:
     last_start_error: BaseException | None
     jobs_completed: int
     jobs_by_outcome: Mapping[str, int]
+    recycled: int
+    state: str
 
     @property
     def live(self) -> int:
@@ -250,6 +256,8 @@ class Pool(metaclass=NoPublicConstructor):
         self._start_worker = start_worker
         self._nursery = nursery  # the lifetime tasks' and the keeper's
         self._closed = False  # set once, by _close: nothing starts, every acquirer leaves
+        self._draining = False  # set once, by drain(), before _closed: as closed for
+        # acquirers and starts, while busy workers finish
         # -- the registry: every child, by start number
         self._members: dict[int, _Member] = {}
         # The members' slots (procsup.worker_slot): every slot below
@@ -273,6 +281,7 @@ class Pool(metaclass=NoPublicConstructor):
         self._polled_load = 0.0  # the load callable's last answer (only with options.load)
         self._jobs_completed = 0
         self._job_outcomes: Counter[str] = Counter()  # sums to _jobs_completed
+        self._recycled = 0
         self._events = EventHub(options.on_event)
         self._changed_event: trio.Event | None = None  # made when someone waits
 
@@ -410,7 +419,42 @@ class Pool(metaclass=NoPublicConstructor):
             last_start_error=record.last_error,
             jobs_completed=self._jobs_completed,
             jobs_by_outcome={outcome: self._job_outcomes[outcome] for outcome in OUTCOMES},
+            recycled=self._recycled,
+            state="closed" if self._closed else "draining" if self._draining else "open",
         )
+
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 -- its grace
+        """Stop taking work, let busy jobs finish, and return once no child
+        process remains.
+
+        From its first line (before it yields), :meth:`acquire`, :meth:`run`
+        and :meth:`wait_warm` raise :class:`PoolClosedError` and waiting
+        acquirers are woken with it; no worker starts; idle workers are
+        stopped and warming ones killed. Busy workers (a job, or an
+        :meth:`acquire` block) get ``timeout`` seconds (``None``: no limit)
+        to finish; then their jobs are stopped at once (SIGKILL) and their
+        callers get :class:`WorkerClosedError`. A job left running with
+        ``kill_on_cancel=False`` counts as busy.
+
+        Idempotent: a second call (concurrent or later) waits for the same
+        end, and the earliest deadline wins. Afterwards
+        :attr:`PoolStatistics.state` is ``"closed"`` and leaving the pool's
+        block is instant. See :ref:`deployment` for a service's SIGTERM.
+        """
+        check_timeout(timeout)
+        if not self._draining:
+            self._draining = True
+            self._wake_waiters()
+            self._retire_all_but_busy()
+            self._notify_changed()
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while self._counts[BUSY]:
+                await self._changed().wait()
+        if self._counts[BUSY]:
+            self._stop_busy(f"the pool's drain timed out (timeout={timeout:g}s)")
+        self._close()
+        while self._members:  # each reaped within its shutdown_timeout, or after a SIGKILL
+            await self._changed().wait()
 
     @asynccontextmanager
     async def events(
@@ -432,7 +476,8 @@ class Pool(metaclass=NoPublicConstructor):
 
     @property
     def closed(self) -> bool:
-        """True once the pool's ``async with`` block has started to exit."""
+        """True once the pool's ``async with`` block has started to exit, or
+        :meth:`drain` has ended (while it drains: :attr:`PoolStatistics.state`)."""
         return self._closed
 
     # -- lifecycle: open_pool runs these -------------------------------------------
@@ -463,11 +508,24 @@ class Pool(metaclass=NoPublicConstructor):
     def _close(self) -> None:
         self._closed = True
         self._wake_waiters()
+        self._retire_all_but_busy()
+        for member in list(self._members.values()):
+            member.retire_scope.cancel()
+        self._notify_changed()
+
+    def _retire_all_but_busy(self) -> None:
+        """Stop idle workers (gracefully) and warming ones (killed)."""
         for member in list(self._members.values()):
             if member.state == IDLE:
                 self._set_state(member, CLOSING)
-            member.retire_scope.cancel()
-        self._notify_changed()
+            if member.state != BUSY:
+                member.retire_scope.cancel()
+
+    def _stop_busy(self, why: str) -> None:
+        """Kill every busy worker's job now: its caller gets WorkerClosedError."""
+        for member in list(self._members.values()):
+            if member.state == BUSY and member.worker is not None:
+                member.worker._stop_now(why)
 
     # -- a job -----------------------------------------------------------------
 
@@ -516,6 +574,8 @@ class Pool(metaclass=NoPublicConstructor):
             return
         elif kind == "job_finished":
             self._job_outcomes[job_outcome(error)] += 1
+        elif kind == "recycled":
+            self._recycled += 1
         self._events.emit(kind, pid, error=error)
         if kind == "job_finished" and not member.lent:
             self._release(member)  # a job its caller left has ended
@@ -616,7 +676,7 @@ class Pool(metaclass=NoPublicConstructor):
         member.lent = False
         if worker is not None and worker._job_runs_on and not self._closed:
             return  # busy until the job its caller left ends: then released again
-        if self._closed or worker is None or not worker.accepting_jobs:
+        if self._closed or self._draining or worker is None or not worker.accepting_jobs:
             self._set_state(member, CLOSING)
             member.retire_scope.cancel()
         else:
@@ -635,7 +695,7 @@ class Pool(metaclass=NoPublicConstructor):
         be giving up (NoWorkerAvailableError); those that go on start their
         own next round (:meth:`_wait_one_attempt`), and nobody is left with
         a start made for a caller that is gone."""
-        if self._closed:
+        if self._closed or self._draining:
             return
         counts = self._counts
         capacity = math.inf
@@ -671,23 +731,23 @@ class Pool(metaclass=NoPublicConstructor):
     async def _lifetime(self, member: _Member) -> None:
         """Own one child from spawn to reap."""
         try:
-            async with AsyncExitStack() as stack:
+            with member.retire_scope:  # cancelled while warming: the start is killed
                 await self._start_slots.wait(member.seq)
                 try:
-                    worker = await stack.enter_async_context(
-                        self._start_worker(
-                            functools.partial(self._worker_event, member), member.slot
-                        )
-                    )
+                    async with self._start_worker(
+                        functools.partial(self._worker_event, member), member.slot
+                    ) as worker:
+                        self._start_slots.release(member.seq)
+                        self._ready(member, worker)
+                        try:
+                            await worker.wait_exited()
+                        finally:
+                            if member.state == IDLE:
+                                self._set_state(member, CLOSING)
                 except WorkerStartError as exc:
+                    if member.worker is not None:
+                        raise  # not from the start (it cannot be, but never swallow one)
                     self._start_failed(member, exc)
-                    return
-                self._start_slots.release(member.seq)
-                self._ready(member, worker)
-                with member.retire_scope:
-                    await worker.wait_exited()
-                if member.state == IDLE:
-                    self._set_state(member, CLOSING)
         finally:
             self._start_slots.release(member.seq)
             self._gone(member)
@@ -790,6 +850,11 @@ class Pool(metaclass=NoPublicConstructor):
     def _check_open(self) -> None:
         if self._closed:
             raise PoolClosedError("the pool is closed; open a new one with procsup.open_pool()")
+        if self._draining:
+            raise PoolClosedError(
+                "the pool is draining (pool.drain() was called) and takes no new jobs; "
+                "open a new one with procsup.open_pool()"
+            )
 
 
 @asynccontextmanager
@@ -816,6 +881,7 @@ async def open_pool(
     memory_warn_mb: float | None = None,
     memory_limit_mb: float | None = None,
     memory_interval: float = 0.5,
+    recycle_above_mb: float | None = None,
     cancel_grace: float = 1.0,
     max_message_bytes: int = 256 * 1024 * 1024,
     shm_min_bytes: int | None = 128 * 1024,
@@ -861,7 +927,7 @@ async def open_pool(
 
     The other worker options (``max_jobs``, ``shutdown_timeout``,
     ``ping_interval``, ``ping_timeout``, ``memory_warn_mb``,
-    ``memory_limit_mb``, ``memory_interval``, ``cancel_grace``,
+    ``memory_limit_mb``, ``memory_interval``, ``recycle_above_mb``, ``cancel_grace``,
     ``max_message_bytes``, ``shm_min_bytes``, ``preload``, ``name``, ``capture_output``,
     ``worker_loop``) are as for :func:`open_worker`, and apply to every worker; so does ``env``,
     whose callable form is given each worker's slot.

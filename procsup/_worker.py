@@ -88,7 +88,8 @@ WorkerEvents = Callable[[str, int, BaseException | None], object]
 """The owner's hook on a worker's life: ``(kind, pid, error)`` for ``"start"``
 (the process exists), ``"job_started"`` and ``"job_finished"`` (``error``:
 what the job's caller got, if not a result), ``"job_completed"`` (the job
-returned or raised: the worker answered), and ``"died_unused"`` (the warm
+returned or raised: the worker answered), ``"recycled"`` (over
+``recycle_above_mb`` after a job: it retires), and ``"died_unused"`` (the warm
 worker ended before it began any job, by no decision of ours: a failed
 start, ``error`` saying why)."""
 
@@ -235,6 +236,13 @@ class Worker(metaclass=NoPublicConstructor):
             self._refuse_job()
         return job.unwrap()  # type: ignore[no-any-return]
 
+    def _stop_now(self, why: str) -> None:
+        """End the worker at once (SIGKILL of its group); a running job's
+        caller gets :class:`WorkerClosedError` saying ``why``. The owner reaps it."""
+        self._retiring = True
+        self._end_for(WorkerClosedError, f"worker was stopped: {why}")
+        self.kill()
+
     def kill(self) -> None:
         """SIGKILL the process and its process group now. The owner reaps it."""
         self._process.kill()
@@ -348,8 +356,36 @@ class Worker(metaclass=NoPublicConstructor):
                     await self._abandon_job(job)
             self._job_over(job)
             raise
+        if self._options.recycle_above_mb is not None:
+            await self._recycle_if_over(self._options.recycle_above_mb)
         self._job_over(job)
         return None if self._unstarted else job
+
+    async def _recycle_if_over(self, limit_mb: float) -> None:
+        """After a job, before its result is returned: retire the worker
+        gracefully (a stop request) when it uses more than ``limit_mb``, by a
+        fresh sample of the memory options' measure."""
+        if self._retiring or not self.alive:
+            return
+        from ._memory import sample_memory_mb
+
+        with trio.CancelScope(shield=True):  # one short read of /proc; the result is in hand
+            sample = await trio.to_thread.run_sync(sample_memory_mb, self.pid)
+        if sample is None:
+            return  # gone: the exit watcher reports it
+        self.memory_mb, self.memory_metric = sample
+        if sample[0] <= limit_mb:
+            return
+        logger.info(
+            "worker pid=%d uses %.1f MiB (%s) after its job, over recycle_above_mb=%g: retiring it",
+            self.pid,
+            *sample,
+            limit_mb,
+        )
+        self._retiring = True
+        self._send_quietly(_wire.encode(Kind.STOP))  # read once the job's answer is out
+        if self._events is not None:
+            self._events("recycled", self.pid, None)
 
     def _job_over(self, job: _Job) -> None:
         """The job ended (answered, or its process died), whoever waited for it."""
@@ -1053,6 +1089,7 @@ async def open_worker(
     memory_warn_mb: float | None = None,
     memory_limit_mb: float | None = None,
     memory_interval: float = 0.5,
+    recycle_above_mb: float | None = None,
     cancel_grace: float = 1.0,
     max_message_bytes: int = 256 * 1024 * 1024,
     shm_min_bytes: int | None = 128 * 1024,
@@ -1079,6 +1116,9 @@ async def open_worker(
         memory_limit_mb: kill the worker with :class:`MemoryLimitError`
             above this many MiB.
         memory_interval: seconds between memory samples.
+        recycle_above_mb: after a job, retire the worker gracefully (a pool
+            replaces it) when it uses more than this many MiB; the job's
+            result is still returned. ``None``: never.
         cancel_grace: seconds a cancelled job gets to stop before SIGKILL.
         max_message_bytes: the largest frame either side accepts.
         shm_min_bytes: a buffer at least this large in a job's arguments or
