@@ -21,6 +21,7 @@ import trio
 from .. import __version__
 from .._backoff import backoff_delay
 from .._errors import (
+    JobTimeoutError,
     NoWorkerAvailableError,
     PoolClosedError,
     RemoteError,
@@ -332,7 +333,7 @@ class Server:
             return self._final(entry, error=error)
         try:
             value = await _run_in_pool(self._pool, self._fn, arg, self._timeout, job)
-        except trio.TooSlowError:
+        except JobTimeoutError:
             error = error_fields(
                 "TimeoutError",
                 f"the job did not finish within timeout {self._timeout:g}s; its worker was stopped",
@@ -513,17 +514,14 @@ def _pool_limits(pool: Any) -> tuple[int, bool, float]:
 async def _run_in_pool(
     pool: Any, fn: Callable[[Any], Any], arg: Any, job_timeout: float | None, job: _Job
 ) -> Any:
-    """``fn(arg)`` in a warm worker, stopped after ``job_timeout`` s of running.
-
-    ADAPTER: until ``pool.run(fn, arg, timeout=...)`` (issue 12) lands, the
-    ``procsup run`` form, marking the job started once it has a worker.
-    """
+    """``fn(arg)`` in a warm worker, stopped after ``job_timeout`` s of running
+    (:class:`~procsup.JobTimeoutError`); the job is marked started once it
+    has a worker, and unmarked if that worker died before it was sent."""
     while True:
         async with pool.acquire() as worker:
             job.started = True
             try:
-                with trio.fail_after(math.inf if job_timeout is None else job_timeout):
-                    return await worker.run(fn, arg)
+                return await worker.run(fn, arg, timeout=job_timeout)
             except WorkerCrashedError as exc:
                 if exc.phase != "idle":
                     raise
