@@ -54,6 +54,9 @@ def chaos(session: nox.Session) -> None:
     """The long chaos run (extra arguments go to pytest)."""
     session.install("-e", ".[test]")
     session.run("pytest", "tests/test_chaos.py", "-m", "slow", "--chaos-long", *session.posargs)
+    # and the idle-kill run at 5,000 jobs per start method (not marked slow: 150 by default)
+    idle_kills = ("-k", "idle_kills", "--chaos-long")
+    session.run("pytest", "tests/test_chaos.py", *idle_kills, *session.posargs)
 
 
 @nox.session
