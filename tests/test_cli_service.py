@@ -3,6 +3,7 @@ its pool's metrics served for the run (``--metrics``)."""
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import _env, procsup_cmd, project, records, run_cli, survivors, write_input
@@ -32,11 +34,24 @@ def test_a_bad_metrics_address_is_a_usage_error(project: Path) -> None:
     assert "--metrics 'nowhere': expected HOST:PORT" in done.stderr
 
 
-def _readline(stream: object, deadline: float) -> bytes:
-    remaining = deadline - time.monotonic()
-    readable, _, _ = select.select([stream], [], [], max(remaining, 0))
-    assert readable, "nothing within the deadline"
-    return stream.readline()  # type: ignore[attr-defined,no-any-return]
+class _Lines:
+    """Lines of a child's pipe, each within a deadline. It reads the file
+    descriptor itself: a buffered ``readline`` takes in every line already
+    written, so a ``select`` for the next one waits on an empty pipe."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._fd = stream.fileno()
+        self._held = b""  # read, not yet returned
+
+    def readline(self, deadline: float) -> bytes:
+        while b"\n" not in self._held:
+            readable, _, _ = select.select([self._fd], [], [], max(deadline - time.monotonic(), 0))
+            assert readable, f"nothing within the deadline (after {self._held!r})"
+            chunk = os.read(self._fd, 65536)
+            assert chunk, f"the pipe closed (after {self._held!r})"
+            self._held += chunk
+        line, _, self._held = self._held.partition(b"\n")
+        return line + b"\n"
 
 
 def test_metrics_are_served_for_the_run(project: Path) -> None:
@@ -51,12 +66,15 @@ def test_metrics_are_served_for_the_run(project: Path) -> None:
         env=_env(),
     )
     try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        out, err = _Lines(proc.stdout), _Lines(proc.stderr)
         deadline = time.monotonic() + 30
-        while not (line := _readline(proc.stderr, deadline)).startswith(b"procsup run: metrics"):
+        while not (line := err.readline(deadline)).startswith(b"procsup run: metrics"):
             pass
         url = line.decode().split(" at ")[1].strip()
         assert url.startswith("http://127.0.0.1:")
-        written = [_readline(proc.stdout, deadline) for _ in range(3)]
+        written = [out.readline(deadline) for _ in range(3)]
         assert records(b"".join(written).decode()) == [
             {"index": i, "result": 2 * (i + 1)} for i in range(3)
         ]
@@ -71,12 +89,16 @@ def test_metrics_are_served_for_the_run(project: Path) -> None:
         assert samples[("procsup_jobs_total", (("outcome", "ok"), *run))] == 3
         assert samples[("procsup_workers", (*run, ("state", "busy")))] == 1  # the hanging job
         starts = samples[("procsup_worker_starts_total", run)]
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
+        # Failed or not, the run stops (SIGINT: it reaps its workers), is
+        # reaped and its pipes are closed, killed if it does not stop.
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, rest = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
-    assert proc.returncode == 130, err.decode()
-    assert f"workers started: {int(starts)}" in err.decode()
+            _, rest = proc.communicate()
+    report = rest.decode()
+    assert proc.returncode == 130, report
+    assert f"workers started: {int(starts)}" in report
     assert survivors(project.name) == []
