@@ -5,7 +5,8 @@ with ``procsup demo``); without it the command falls back to plain periodic
 progress lines.
 
 Exit status: 0 every job succeeded, 1 some failed (or no worker could start),
-2 usage error, 128 + signal number when interrupted (130 for Ctrl-C).
+2 usage error, 128 + signal number when interrupted (130 for Ctrl-C, 143
+after draining on SIGTERM).
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ import trio
 from . import __version__
 from ._console import Display, Tally, open_display
 from ._cpus import available_cpus
-from ._errors import JobTimeoutError, NoWorkerAvailableError, WorkerError, WorkerStartError
+from ._errors import (
+    JobTimeoutError,
+    NoWorkerAvailableError,
+    PoolClosedError,
+    WorkerError,
+    WorkerStartError,
+)
 from ._options import START_METHODS, WORKER_LOOPS, PoolOptions, WorkerOptions
 
 if TYPE_CHECKING:
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["SETTING_DESTS", "count_records", "error_fields", "load_callable", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DRAIN_TIMEOUT = 300.0  # seconds `procsup run` gives running jobs on SIGTERM (as `serve`)
 
 RUN_EPILOG = """\
 Each input line is one JSON value; FUNC is called with it in a warm worker
@@ -67,7 +75,12 @@ is a batch of one function whose inputs are all queued at the start:
 --max-jobs-per-worker has no limit (not 1: the workers' warm-up is paid
 once, not per input). Every other setting has the library's default.
 
-Exit status: 0 all succeeded, 1 some failed, 2 usage error, 130 Ctrl-C.
+SIGTERM drains: no new job starts, running ones may finish within
+--drain-timeout, their records are written; then exit 143. Ctrl-C (or a
+second signal) stops running jobs at once.
+
+Exit status: 0 all succeeded, 1 some failed, 2 usage error, 130 Ctrl-C,
+143 SIGTERM.
 """
 
 DEMO_EPILOG = """\
@@ -169,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="kill a worker using more than N MiB; its job fails with MemoryLimitError",
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=_positive_float,
+        default=DRAIN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM, start no new job and give running ones this long to finish "
+        "(default: %(default)g)",
     )
     run.add_argument(
         "--worker-loop",
@@ -526,6 +547,7 @@ class _RunConfig:
         self.timeout: float | None = args.timeout
         self.max_jobs: int | None = args.max_jobs_per_worker
         self.memory_limit_mb: float | None = args.memory_limit_mb
+        self.drain_timeout: float = args.drain_timeout
         self.worker_loop: str | None = args.worker_loop
         try:
             WorkerOptions(worker_loop=self.worker_loop)
@@ -695,9 +717,12 @@ class _Run:
         # The input index of each map input not yet settled (at most the map's window).
         self._index_of: dict[int, int] = {}
         self.signal: int | None = None
+        self.drained = False  # the signal drained the pool (SIGTERM), not cancelled the run
         self.start_error: NoWorkerAvailableError | None = None
         self.workers_started = 0
         self._everything = trio.CancelScope()
+        self._pool: Any = None  # set while the pool is open and serving inputs
+        self._reading: trio.CancelScope | None = None  # around each read of the input
 
     async def main(self) -> None:
         with self._everything, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -709,10 +734,22 @@ class _Run:
                 nursery.cancel_scope.cancel()
 
     async def _stop_on_signal(self, signals: Any, scope: trio.CancelScope) -> None:
-        async for signum in signals:
-            self.signal = signum
-            scope.cancel()  # every job is stopped, every worker reaped, on the way out
-            return
+        """SIGTERM drains the pool (once it serves inputs); SIGINT, or a second
+        signal, stops everything: every job is stopped, every worker reaped."""
+        async with trio.open_nursery() as nursery:
+            async for signum in signals:
+                self.signal = signum
+                if signum != signal.SIGTERM or self._pool is None or self.drained:
+                    scope.cancel()
+                    return
+                self.drained = True
+                nursery.start_soon(self._drain, self._pool)
+
+    async def _drain(self, pool: Any) -> None:
+        # No more input is read; the map ends once its running jobs settle.
+        if self._reading is not None:
+            self._reading.cancel()
+        await pool.drain(self.cfg.drain_timeout)
 
     async def _count_total(self) -> None:
         total = await trio.to_thread.run_sync(count_records, self.in_fd, abandon_on_cancel=True)
@@ -730,9 +767,11 @@ class _Run:
             if (error := await first_start_error(pool)) is not None:
                 self.start_error = error
                 return
+            self._pool = pool
             try:
                 await self._map(pool)
             finally:
+                self._pool = None
                 self.workers_started = pool.statistics().starts
 
     async def _map(self, pool: Any) -> None:
@@ -747,6 +786,9 @@ class _Run:
         ) as results:
             async for position, outcome in results.indexed():
                 index = self._index_of.pop(position)
+                if self.drained and isinstance(outcome, PoolClosedError):
+                    self.writer.skip(index)  # not started: no record (--resume runs it)
+                    continue
                 self.writer.complete(index, self._record(index, outcome))
                 if self.writer.broken:
                     self._everything.cancel()  # nobody reads the records any more
@@ -759,7 +801,11 @@ class _Run:
         position = 0  # of the map input
         # map closes this generator in the task that iterates it
         async with contextlib.aclosing(_read_lines(self.in_fd)) as lines:
-            async for raw in lines:
+            while not self.drained:  # SIGTERM: no further input is read
+                with trio.CancelScope() as self._reading:
+                    raw = await anext(lines, None)
+                if raw is None or self._reading.cancelled_caught:
+                    return
                 if not raw.strip():
                     continue  # blank lines are not inputs
                 await self.writer.wait_for_room(index)
@@ -1030,9 +1076,12 @@ def _report(run: _Run, tally: Tally) -> int:
         print(f"procsup run: failed by reason: {reasons}", file=err)
     if run.signal is not None:
         name = signal.Signals(run.signal).name
+        stopped = "running jobs stopped"
+        if run.drained and run.signal == signal.SIGTERM:
+            stopped = f"drained (running jobs had --drain-timeout {run.cfg.drain_timeout:g}s)"
         print(
             f"procsup run: interrupted by {name}: {run.writer.written} records written, "
-            "running jobs stopped, every worker reaped",
+            f"{stopped}, every worker reaped",
             file=err,
         )
         return 128 + run.signal

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ JOBS_MODULE = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         if x == "hang":
             time.sleep(600)
+        if x == "nap":
+            open(f"nap-{os.getpid()}", "w").close()
+            time.sleep(1.0)
+            return "rested"
         if x == "boom":
             raise ValueError("boom")
         if x == "chatty":
@@ -326,6 +331,42 @@ def test_ctrl_c_stops_running_jobs_keeps_written_lines_and_leaves_nothing(projec
     assert proc.returncode == 130, err.decode()
     assert records((first + rest).decode()) == [{"index": 0, "result": 2}]
     assert b"interrupted by SIGINT" in err
+    assert survivors(project.name) == []
+
+
+def test_sigterm_drains_finished_records_are_written_and_it_exits_143(project: Path) -> None:
+    path = write_input(project, ['"nap"', '"hang"', *["1"] * 20])
+    proc = subprocess.Popen(
+        procsup_cmd(
+            "run", "clijobs:work", "-i", path, "--concurrency", "2", "--drain-timeout", "3"
+        ),
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not list(project.glob("nap-*")):  # the nap runs (and the hang beside it)
+            assert time.monotonic() < deadline, "the job did not start within 30 s"
+            time.sleep(0.02)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert proc.returncode == 143, err.decode()
+    got = records(out.decode())
+    assert got[0] == {"index": 0, "result": "rested"}  # a running job finished
+    assert got[1]["index"] == 1  # the hang, stopped after --drain-timeout
+    assert got[1]["error"]["type"] == "WorkerClosedError"
+    assert len(got) == 2  # nothing new started
+    assert 3 <= took < 10
+    assert b"interrupted by SIGTERM: 2 records written, drained" in err
     assert survivors(project.name) == []
 
 
