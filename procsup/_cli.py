@@ -1033,7 +1033,7 @@ def _metrics_address(text: str) -> tuple[str, int]:
 
 
 @contextmanager
-def _serve_metrics(address: tuple[str, int] | None) -> Iterator[None]:
+def _serve_metrics(address: tuple[str, int] | None, command: str = "procsup run") -> Iterator[None]:
     """prometheus-client's HTTP server on ``address`` for the block (its
     default registry, where the run registers its pool)."""
     if address is None:
@@ -1044,7 +1044,7 @@ def _serve_metrics(address: tuple[str, int] | None) -> Iterator[None]:
     host, port = address
     server, thread = start_http_server(port, addr=host)
     shown = f"[{host}]" if ":" in host else host
-    print(f"procsup run: metrics at http://{shown}:{server.server_port}/metrics", file=sys.stderr)
+    print(f"{command}: metrics at http://{shown}:{server.server_port}/metrics", file=sys.stderr)
     try:
         yield
     finally:

@@ -9,6 +9,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from typing import Any
 
 import trio
@@ -21,6 +22,7 @@ _POOL_OPTIONS = (
     *("init", "concurrency", "idle", "timeout", "max_jobs_per_worker", "memory_limit_mb"),
     "worker_loop",
     *SETTING_DESTS,  # --init-timeout, --start-method...: procsup run's settings flags
+    "metrics",
 )
 _MISSING_EXTRA = "procsup: the queue commands need the redis extra: pip install 'procsup[redis]'"
 
@@ -90,8 +92,7 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, wait this long for running jobs (default: 300)",
     )
-    # `run`'s --metrics is not an option of serve (yet): none, never an AttributeError
-    serve.set_defaults(handler=_cmd_serve, quiet=True, metrics=None)
+    serve.set_defaults(handler=_cmd_serve, quiet=True)
 
     submit = commands.add_parser(
         "submit",
@@ -166,7 +167,14 @@ def _redis() -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ._cli import EXIT_FAILED, EXIT_USAGE, UsageError, _RunConfig, _show_warnings_on_stderr
+    from ._cli import (
+        EXIT_FAILED,
+        EXIT_USAGE,
+        UsageError,
+        _RunConfig,
+        _serve_metrics,
+        _show_warnings_on_stderr,
+    )
 
     redis = _redis()
     try:
@@ -178,7 +186,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     _show_warnings_on_stderr()
     outcome: dict[str, Any] = {}
-    trio.run(_serve, redis, cfg, args, outcome)
+    try:
+        metrics = _serve_metrics(cfg.metrics, "procsup serve")
+    except OSError as exc:
+        host, port = cfg.metrics or ("", 0)
+        print(
+            f"procsup serve: error: cannot serve metrics on {host}:{port}: {exc}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    with metrics:
+        trio.run(_serve, redis, cfg, args, outcome)
     if "start_error" in outcome:
         print(f"procsup serve: no worker could start: {outcome['start_error']}", file=sys.stderr)
         return EXIT_FAILED
@@ -214,6 +231,8 @@ async def _serve(redis: Any, cfg: Any, args: argparse.Namespace, outcome: dict[s
                 timeout=cfg.timeout,
                 drain_timeout=args.drain_timeout,
             ) as server:
+                if cfg.metrics is not None:
+                    _export_metrics(pool, server)
                 print(
                     f"procsup serve: consuming queue {args.queue!r} as {server.consumer} "
                     f"(concurrency {cfg.concurrency}, lease {args.lease:g}s)",
@@ -225,6 +244,42 @@ async def _serve(redis: Any, cfg: Any, args: argparse.Namespace, outcome: dict[s
                     break
                 await server.drain()
                 outcome["stats"] = server.statistics()
+
+
+def _export_metrics(pool: Any, server: Any) -> None:
+    """The pool's metrics (:mod:`procsup.metrics`, ``pool="serve"``) and this
+    host's (:func:`procsup.redis.metric_samples`) in prometheus-client's
+    default registry, which ``--metrics`` serves. Call it in the trio run."""
+    from prometheus_client import REGISTRY
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    import procsup.metrics
+
+    from .redis import metric_samples
+    from .redis._server import COUNTERS
+
+    procsup.metrics.register(pool, name="serve")
+    token = trio.lowlevel.current_trio_token()
+    trio_thread = threading.get_ident()
+
+    class HostCollector:
+        def collect(self) -> Any:  # in the HTTP server's thread
+            if threading.get_ident() == trio_thread:  # register() reads it once
+                stats = server.statistics()
+            else:
+                try:
+                    stats = trio.from_thread.run_sync(server.statistics, trio_token=token)
+                except trio.RunFinishedError:
+                    return
+            for name, labels, value in metric_samples(stats):
+                counter = name.removeprefix("procsup_serve_") in COUNTERS
+                family = (CounterMetricFamily if counter else GaugeMetricFamily)(
+                    name, f"This host's {name.removeprefix('procsup_serve_')}.", labels=[*labels]
+                )
+                family.add_metric([*labels.values()], value)
+                yield family
+
+    REGISTRY.register(HostCollector())
 
 
 # -- procsup submit -----------------------------------------------------------------

@@ -133,8 +133,7 @@ class _Watched:
 
     def _read(self) -> tuple[PoolStatistics, str]:
         stats = self.pool.statistics()
-        state = getattr(stats, "state", None) or ("closed" if self.pool.closed else "open")
-        return stats, state
+        return stats, stats.state
 
 
 class _Histograms:

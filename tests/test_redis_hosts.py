@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -440,3 +441,28 @@ async def test_job_that_kills_its_host_kills_at_most_max_deliveries_hosts(
         assert len(redis_jobs.executions(exec_log)) == 2  # the third host did not run it
         assert sorted(p.poll() is None for p in procs) == [False, False, True]
         assert (await q.statistics()).dead == 1
+
+
+async def test_serve_metrics_show_the_pool_and_the_host(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with hosts_for(redis_server, tmp_path, exec_log) as hosts:
+        await hosts.start("--metrics", "127.0.0.1:0", func="redis_jobs:square")
+        shown = [line for line in hosts.stderr(0).splitlines() if "metrics at" in line]
+        url = shown[0].split(" at ")[1].strip()
+        async with open_queue(redis_server.url, "q") as queue:
+            assert [await queue.call(i, timeout=20) for i in range(3)] == [0, 1, 4]
+        response = await trio.to_thread.run_sync(lambda: urllib.request.urlopen(url, timeout=10))
+        with response:
+            text = response.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("procsup_jobs_total", (("outcome", "ok"), ("pool", "serve")))] == 3
+    completed = [v for (name, _), v in samples.items() if name == "procsup_serve_completed_total"]
+    assert completed == [3]
+    assert [v for (name, _), v in samples.items() if name == "procsup_serve_capacity"] == [2]
