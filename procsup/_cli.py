@@ -346,6 +346,14 @@ _SETTINGS = (
         unset="off",
     ),
     _Setting(
+        "--recycle-above-mb",
+        "recycle_above_mb",
+        _positive_float,
+        "N",
+        "retire a worker gracefully after a job that leaves it above N MiB",
+        unset="off",
+    ),
+    _Setting(
         "--memory-interval",
         "memory_interval",
         _positive_float,
