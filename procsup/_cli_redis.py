@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ._cli import SETTING_DESTS
+from ._cli_common import SETTING_DESTS
 
 __all__ = ["add_commands"]
 
@@ -149,7 +149,7 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _seconds(text: str) -> float:
-    from ._cli import _positive_float
+    from ._cli_common import _positive_float
 
     return _positive_float(text)
 
@@ -167,7 +167,7 @@ def _redis() -> Any:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from ._cli import (
+    from ._cli_common import (
         EXIT_FAILED,
         EXIT_USAGE,
         UsageError,
@@ -211,7 +211,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(redis: Any, cfg: Any, args: argparse.Namespace, outcome: dict[str, Any]) -> None:
-    from ._cli import first_start_error, open_run_pool
+    from ._cli_common import first_start_error, open_run_pool
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         # a host reads while its load is below the threshold: at 1.0 all
@@ -292,7 +292,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 async def _submit(redis: Any, args: argparse.Namespace) -> int:
-    from ._cli import _read_lines
+    from ._cli_common import _read_lines
     from .redis._errors import error_fields as fields
 
     failures = 0

@@ -24,7 +24,8 @@ import psutil
 import pytest
 
 from procsup import __version__
-from procsup._cli import count_records, error_fields
+from procsup._cli import count_records
+from procsup._cli_common import error_fields
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,8 @@ import pytest
 from test_cli import _env, procsup_cmd, project, records, run_cli, survivors, write_input
 
 import procsup
-from procsup._cli import SETTING_DESTS, build_parser
+from procsup._cli import build_parser
+from procsup._cli_common import SETTING_DESTS
 from procsup._options import PoolOptions, WorkerOptions
 
 __all__ = ["project"]  # the fixture, shared with test_cli

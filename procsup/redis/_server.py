@@ -492,7 +492,7 @@ _MISSING = object()
 
 
 def _fields(exc: BaseException) -> dict[str, Any]:
-    from .._cli import error_fields as fields_of_exception
+    from .._cli_common import error_fields as fields_of_exception
 
     return fields_of_exception(exc)
 
