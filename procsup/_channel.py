@@ -13,6 +13,13 @@ burst of data, received into one reusable buffer and parsed in place.
 This keeps a job's round trip to one scheduler wakeup on each side: trio's
 SocketStream (and a buffered stream over it) spend a scheduler round on
 every call (benchmarks/where_time_goes.py shows what that costs).
+
+A caller that has just sent a job reads what has already arrived itself
+(:meth:`ParentChannel.receive_now`): a short job's answer is often there
+by the time ``send`` returns (the kernel runs the woken worker at once), and
+taking it then saves the reader task's wakeup and a trip through the
+scheduler. Both readers share one inbox; the reader task only ever waits
+between frames, so neither sees the other's half of one.
 """
 
 from __future__ import annotations
@@ -79,6 +86,10 @@ class ParentChannel:
         self._flusher: trio.Nursery | None = None  # set by start()
         self._flushing = False  # a flush task runs (it ends when _pending is empty)
         self._broken = False  # a send failed: the child closed its end
+        # What has arrived and is not yet dispatched (the start of a frame);
+        # whoever receives appends and parses here, the reader task or receive_now.
+        self._inbox = bytearray()
+        self._garbled = False  # receive_now met a malformed frame: the input is given up
         self.send_nowait(first_frame)
 
     @property
@@ -168,10 +179,12 @@ class ParentChannel:
             FrameError: a malformed, oversized or unexpected frame, or EOF in
                 the middle of one.
         """
-        buffer = bytearray()
+        buffer = self._inbox
         landing = _landing_buffer()
         while True:
             await trio.lowlevel.wait_readable(self._sock)
+            if self._garbled:
+                return  # receive_now reported it
             try:
                 received = self._sock.recv_into(landing)
             except BlockingIOError:
@@ -184,6 +197,31 @@ class ParentChannel:
                 return
             buffer += landing[:received]
             del buffer[: self._parse(buffer, dispatch)]
+
+    def receive_now(self, dispatch: Callable[[int, tuple[Any, ...]], None]) -> None:
+        """Dispatch the complete frames that have already arrived, without
+        waiting (one ``recv``); EOF and errors are left to the reader task.
+
+        Raises:
+            FrameError: a malformed, oversized or unexpected frame (the
+                reader task then ends without reporting it again).
+        """
+        if self._garbled:
+            return
+        try:
+            received = self._sock.recv_into(_landing_buffer())
+        except OSError:  # BlockingIOError: nothing yet
+            return
+        if not received:
+            return  # EOF: the reader task sees it too
+        buffer = self._inbox
+        buffer += _landing_buffer()[:received]
+        try:
+            del buffer[: self._parse(buffer, dispatch)]
+        except FrameError:
+            self._garbled = True
+            buffer.clear()
+            raise
 
     def _parse(self, buffer: bytearray, dispatch: Callable[[int, tuple[Any, ...]], None]) -> int:
         """Dispatch the complete frames at the start of buffer; return their length."""

@@ -591,20 +591,26 @@ class Pool(metaclass=NoPublicConstructor):
 
     async def _acquire(self, budget: _Budget) -> tuple[_Member, Worker]:
         self._check_open()
+        got = self._take_ready()  # the common case: no wait, so no deadline scope
+        if got is not None:
+            return self._acquired(got, 0.0)
         begun = trio.current_time()
         with budget.waiting():
             while True:
                 budget.check()
                 got = await self._wait_one_attempt()
                 if got is not None:
-                    # A replacement starts warming now; not from _claim, where
-                    # the claimer still counts as waiting (one start too many).
-                    self._rebalance()
-                    for observer in self._events.observers:
-                        observer.acquired(trio.current_time() - begun)
-                    return got
+                    return self._acquired(got, trio.current_time() - begun)
                 budget.failed(self._record.last_error)
         raise budget.timed_out()
+
+    def _acquired(self, got: tuple[_Member, Worker], waited: float) -> tuple[_Member, Worker]:
+        # A replacement starts warming now; not from _claim, where the
+        # claimer still counts as waiting (one start too many).
+        self._rebalance()
+        for observer in self._events.observers:
+            observer.acquired(waited)
+        return got
 
     async def _wait_one_attempt(self) -> tuple[_Member, Worker] | None:
         """Wait until a worker arrives (returned), or until a start failed and

@@ -345,6 +345,7 @@ class Worker(metaclass=NoPublicConstructor):
         if self._ping_late and self._ping_stamp is None:  # busy: pinged at ping_interval
             self._ping_late = False
             self._timer.arm("ping", trio.current_time() + self._options.ping_interval)
+        self._receive_now()  # a short job's answer may be here already
         try:
             await job.wait()
         except BaseException:
@@ -683,6 +684,13 @@ class Worker(metaclass=NoPublicConstructor):
         self._channel.send_control(_wire.encode(Kind.PING, self._ping_stamp))
         self._timer.arm("ping", self._ping_stamp + opts.ping_timeout)
 
+    def _receive_now(self) -> None:
+        """Dispatch what the worker has already sent (see ParentChannel)."""
+        try:
+            self._channel.receive_now(self._dispatch)
+        except _wire.FrameError as exc:
+            self._protocol_violation(str(exc))
+
     async def _read_forever(self) -> None:
         try:
             await self._channel.receive_forever(self._dispatch)
@@ -968,9 +976,11 @@ class _Job:
             trio.lowlevel.reschedule(waiter)
 
     async def wait(self) -> None:
-        """Until settled; cancellable (the result may still come later)."""
+        """Until settled; cancellable (the result may still come later).
+        Settled already: a schedule point only, so that an answer in hand
+        is not dropped for a cancellation (as trio's own operations do)."""
         if self.settled:
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         self._waiter = trio.lowlevel.current_task()
 

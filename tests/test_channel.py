@@ -10,9 +10,10 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from procsup._channel import ParentChannel
-from procsup._wire import Kind, encode
+from procsup._wire import FrameError, Kind, encode
 
 BIG = 1 << 30
 
@@ -95,5 +96,42 @@ async def test_a_full_control_socket_is_never_sent_half_a_frame() -> None:
                     break
                 data += chunk
         assert data == ping * sent  # whole frames only
+    finally:
+        channel.close()
+
+
+async def test_frames_split_between_receive_now_and_the_reader_arrive_whole_and_in_order() -> None:
+    channel = ParentChannel(BIG, b"")
+    got: list[tuple[int, tuple[object, ...]]] = []
+    try:
+        jobs_fd, _ = channel.child_fds
+        first = encode(Kind.RESULT, 1, b"one")
+        second = encode(Kind.RESULT, 2, b"two" * 100)
+        channel.receive_now(lambda kind, fields: got.append((kind, fields)))  # nothing yet
+        os.write(jobs_fd, first + second[:7])  # a frame and a half
+        channel.receive_now(lambda kind, fields: got.append((kind, fields)))
+        assert got == [(Kind.RESULT, (1, b"one"))]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel.receive_forever, lambda k, f: got.append((k, f)))
+            await trio.testing.wait_all_tasks_blocked()
+            os.write(jobs_fd, second[7:])  # the rest, to the reader task
+            await trio.testing.wait_all_tasks_blocked()
+            channel.child_spawned()  # EOF
+        assert got == [(Kind.RESULT, (1, b"one")), (Kind.RESULT, (2, b"two" * 100))]
+    finally:
+        channel.close()
+
+
+async def test_a_malformed_frame_met_by_receive_now_is_raised_once() -> None:
+    channel = ParentChannel(BIG, b"")
+    try:
+        jobs_fd, _ = channel.child_fds
+        os.write(jobs_fd, encode(Kind.JOB, 1, b"not from a child"))
+        with pytest.raises(FrameError, match="unexpected message kind JOB"):
+            channel.receive_now(lambda kind, fields: None)
+        os.write(jobs_fd, encode(Kind.RESULT, 2, b"later"))
+        channel.receive_now(lambda kind, fields: pytest.fail("input was given up"))
+        with trio.fail_after(5):  # the reader task ends quietly: reported already
+            await channel.receive_forever(lambda kind, fields: pytest.fail("given up"))
     finally:
         channel.close()
