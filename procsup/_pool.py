@@ -84,6 +84,10 @@ _NEXT_STATES: Mapping[str, frozenset[str]] = {
     GONE: frozenset(),
 }
 _EVENT_BUFFER = 1024
+# Workers past their last answer, exiting on their own (max_jobs, recycled),
+# that may be replaced before they are reaped: beyond max_workers, the pool
+# has at most this many such processes (see Pool._hand_on).
+EXITING_BEYOND_CAP = 2
 
 StartWorker = Callable[[WorkerEvents, int], AbstractAsyncContextManager[Worker]]
 """How the pool starts one worker, given its events hook and its slot, and owns
@@ -100,7 +104,7 @@ class PoolStatistics:
         warming: starts in flight (spawning, initializing, or queued for a
             start slot).
         busy: workers handed to a caller.
-        closing: workers being stopped and reaped.
+        closing: workers being stopped and reaped (exiting ones included).
         waiting: acquirers waiting for a worker.
         target_idle: the idle target at the current load.
         load: the current load, 0.0 to 1.0.
@@ -147,11 +151,13 @@ class PoolStatistics:
 class _Member:
     """The registry's record of one child and its state in the pool."""
 
-    __slots__ = ("lent", "retire_scope", "seq", "slot", "state", "worker")
+    __slots__ = ("exiting", "lent", "retire_scope", "seq", "slot", "state", "worker")
 
     def __init__(self, seq: int, slot: int) -> None:
         self.seq = seq
-        self.slot = slot  # held from the start until the process is reaped
+        self.slot = slot  # held from the start until the process is reaped, or handed on
+        self.exiting = False  # CLOSING, past its last answer, exiting on its own; counted
+        # in Pool._exiting (not against max_workers) and its slot handed on (Pool._hand_on)
         self.state = WARMING  # changed by Pool._set_state only (_NEXT_STATES)
         self.worker: Worker | None = None  # set when warm, from then on
         self.retire_scope = trio.CancelScope()  # cancelled: the lifetime task closes it
@@ -265,6 +271,7 @@ class Pool(metaclass=NoPublicConstructor):
         self._free_slots: list[int] = []
         self._next_slot = 0
         self._counts: Counter[str] = Counter()  # members by state, GONE not counted
+        self._exiting = 0  # members with .exiting: in counts[CLOSING], <= EXITING_BEYOND_CAP
         self._seq = itertools.count(1)
         # -- starts
         self._in_flight: set[int] = set()  # starts not yet settled (warm, failed or gone)
@@ -685,10 +692,23 @@ class Pool(metaclass=NoPublicConstructor):
         if self._closed or self._draining or worker is None or not worker.accepting_jobs:
             self._set_state(member, CLOSING)
             member.retire_scope.cancel()
+            if worker is not None and worker.exiting:
+                self._hand_on(member)
         else:
             self._set_state(member, IDLE)
             self._ready_send.send_nowait(member)
         self._rebalance()
+
+    def _hand_on(self, member: _Member) -> None:
+        """A worker past its last answer that exits on its own runs none of
+        the pool's jobs again: while fewer than EXITING_BEYOND_CAP others do,
+        it stops counting against ``max_workers`` and hands its slot to its
+        replacement, which starts warming now instead of after the reap."""
+        if self._exiting >= EXITING_BEYOND_CAP:
+            return
+        member.exiting = True
+        self._exiting += 1
+        heapq.heappush(self._free_slots, member.slot)
 
     # -- warming ---------------------------------------------------------------
 
@@ -706,7 +726,7 @@ class Pool(metaclass=NoPublicConstructor):
         counts = self._counts
         capacity = math.inf
         if self._options.max_workers is not None:
-            capacity = self._options.max_workers - sum(counts.values())
+            capacity = self._options.max_workers - (sum(counts.values()) - self._exiting)
         waiting = self._waiting - counts[WARMING] - counts[IDLE] if for_waiters else 0
         for_target = self._target_idle() - counts[IDLE] - max(counts[WARMING] - self._waiting, 0)
         if self._record.consecutive_failures:
@@ -785,7 +805,10 @@ class Pool(metaclass=NoPublicConstructor):
         self._in_flight.discard(member.seq)
         self._set_state(member, GONE)
         del self._members[member.seq]
-        heapq.heappush(self._free_slots, member.slot)
+        if member.exiting:
+            self._exiting -= 1  # its slot went on already
+        else:
+            heapq.heappush(self._free_slots, member.slot)
         worker = member.worker
         if worker is not None:
             self._events.emit("exited", worker.pid, returncode=worker.returncode)
@@ -908,6 +931,9 @@ async def open_pool(
             acquirers beyond it wait in FIFO order. ``"auto"``:
             :func:`available_cpus`, or ``idle`` if that is more (an ``idle``
             given is never refused by the default cap). ``None``: no cap.
+            Up to two workers past their last answer that exit on their own
+            (``max_jobs``, ``recycle_above_mb``) are not counted while they
+            exit: their replacements warm meanwhile, on their slots.
         init_timeout: seconds a start may take, counted from when it gets a
             start slot (not while queued for one).
         max_concurrent_starts: workers warming at once (default:

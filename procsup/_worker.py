@@ -180,6 +180,15 @@ class Worker(metaclass=NoPublicConstructor):
         return self.alive and self._phase == "idle" and not self._retiring
 
     @property
+    def exiting(self) -> bool:
+        """Past its last answer and exiting on its own (``max_jobs`` reached,
+        recycled, retired by a stop request): none of the owner's code runs
+        in it again, and nobody decided to kill it."""
+        return (
+            self.alive and self._phase == "shutdown" and self._job is None and self._reason is None
+        )
+
+    @property
     def returncode(self) -> int | None:
         """How the process ended, once it has (negative for the signal that killed it)."""
         return self._returncode

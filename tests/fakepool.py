@@ -53,6 +53,16 @@ class FakeWorker:
         jobs_left = self.max_jobs is None or self.jobs_done < self.max_jobs
         return self.alive and not self._busy and jobs_left
 
+    @property
+    def exiting(self) -> bool:
+        """As ``Worker.exiting``: its last job is done, it exits on its own."""
+        return (
+            self.alive
+            and not self._busy
+            and self.max_jobs is not None
+            and self.jobs_done >= self.max_jobs
+        )
+
     async def wait_exited(self) -> None:
         await self._exited.wait()
 

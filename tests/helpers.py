@@ -274,3 +274,19 @@ def log_big(n: int) -> int:
 
     logging.getLogger("tests.big").warning("%s", "y" * n)
     return n
+
+
+def linger_at_exit(seconds: float) -> tuple[int, int]:
+    """Return (pid, slot); the worker's exit then takes ``seconds`` (an atexit handler)."""
+    import atexit
+
+    import procsup
+
+    atexit.register(time.sleep, seconds)
+    return os.getpid(), procsup.worker_slot()
+
+
+def pid_and_slot() -> tuple[int, int]:
+    import procsup
+
+    return os.getpid(), procsup.worker_slot()

@@ -1,0 +1,54 @@
+"""A worker past its last answer that exits on its own (``max_jobs``) is
+replaced before it is reaped, within a bound: the pool never has more than
+``max_workers + EXITING_BEYOND_CAP`` worker processes, and slots stay in
+``[0, max_workers)``, the exiting worker's going to its replacement."""
+
+from __future__ import annotations
+
+import helpers
+import psutil
+import trio
+from support import worker_pids
+
+import procsup
+from procsup._pool import EXITING_BEYOND_CAP
+
+LINGER = 3.0  # seconds each exiting worker takes to exit (under shutdown_timeout)
+
+
+async def test_a_one_shot_worker_is_replaced_while_it_exits(start_method: str) -> None:
+    async with procsup.open_pool(
+        idle=1, max_workers=1, max_jobs=1, start_method=start_method
+    ) as pool:
+        await pool.wait_warm()
+        first, first_slot = await pool.run(helpers.linger_at_exit, LINGER)
+        second, second_slot = await pool.run(helpers.pid_and_slot)
+        assert psutil.pid_exists(first), "the first worker was reaped before it was replaced"
+        assert first in worker_pids()  # still exiting, not a zombie
+        assert second != first
+        assert first_slot == second_slot == 0  # handed on
+        assert pool.statistics().closing >= 1
+
+
+async def test_exiting_workers_beyond_max_workers_stay_bounded(start_method: str) -> None:
+    max_workers = 1
+    most = 0
+    async with procsup.open_pool(
+        idle=1, max_workers=max_workers, max_jobs=1, start_method=start_method
+    ) as pool:
+        await pool.wait_warm()
+
+        async def sample() -> None:
+            nonlocal most
+            while True:
+                most = max(most, len(worker_pids()), pool.statistics().live)
+                await trio.sleep(0.01)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            slots = set()
+            for _ in range(EXITING_BEYOND_CAP + 2):  # more exiting workers than the bound
+                slots.add((await pool.run(helpers.linger_at_exit, LINGER))[1])
+            nursery.cancel_scope.cancel()
+        assert slots == {0}
+    assert most <= max_workers + EXITING_BEYOND_CAP
