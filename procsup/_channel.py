@@ -208,14 +208,15 @@ class ParentChannel:
         """
         if self._garbled:
             return
+        landing = _landing_buffer()
         try:
-            received = self._sock.recv_into(_landing_buffer())
+            received = self._sock.recv_into(landing)
         except OSError:  # BlockingIOError: nothing yet
             return
         if not received:
             return  # EOF: the reader task sees it too
         buffer = self._inbox
-        buffer += _landing_buffer()[:received]
+        buffer += landing[:received]
         try:
             del buffer[: self._parse(buffer, dispatch)]
         except FrameError:

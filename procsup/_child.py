@@ -130,8 +130,10 @@ class _Channel:
         """Send an answer, after the log records queued before it."""
         self._lock.acquire()
         try:
-            self._drain_logs(len(self._logs))
-            self._write_urgent()
+            if self._logs or self._dropped_logs:
+                self._drain_logs(len(self._logs))
+            if self._urgent:
+                self._write_urgent()
             self._write(frame)
         finally:
             self._unlock()

@@ -309,16 +309,17 @@ class Worker(metaclass=NoPublicConstructor):
         events = self._events
         if events is None:
             return await self._send_and_wait(fn, args, timeout, kill_on_cancel)
-        events("job_started", self.pid, None)
+        pid = self.pid
+        events("job_started", pid, None)
         try:
             job = await self._send_and_wait(fn, args, timeout, kill_on_cancel)
         except BaseException as exc:
             if not self._job_runs_on:  # else "job_finished" comes when it ends
-                events("job_finished", self.pid, exc)
+                events("job_finished", pid, exc)
             raise
-        events("job_finished", self.pid, self._refusal() if job is None else job.error)
+        events("job_finished", pid, self._refusal() if job is None else job.error)
         if job is not None and job.answered:
-            events("job_completed", self.pid, None)
+            events("job_completed", pid, None)
         return job
 
     async def _send_and_wait(
