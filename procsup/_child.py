@@ -96,8 +96,9 @@ def worker_slot() -> int:
 
 
 def in_worker() -> bool:
-    """True inside a procsup worker process."""
-    return _channel is not None
+    """True inside a procsup worker process, and in a fork server's template
+    while it imports a pool's job modules for the workers it forks."""
+    return _channel is not None or importing_for_workers
 
 
 class _Interrupted(BaseException):
@@ -266,6 +267,7 @@ class _FrameReader:
 
 
 _channel: _Channel | None = None
+importing_for_workers = False  # set by a fork server's template (procsup._forkserver_child)
 _start_mark: Any = None  # the shared word the parent reads: the last job taken (procsup._startmark)
 _orders: _FrameReader | None = None  # the jobs socket's frames, read by the main thread
 _main_thread = 0
@@ -374,16 +376,45 @@ def _import_parent_main(reference: str) -> Any:
         _importing_parent_main = False
 
 
-def _import_learned(names: str) -> str:
-    """Import the pool's job modules (procsup._learn); return those that failed."""
+class _TooSlow(BaseException):
+    """A learned module's import took longer than its bound."""
+
+
+_timing_import = False  # a learned import runs under its timer: SIGALRM ends it
+
+
+def _too_slow(signum: int, frame: object) -> None:
+    if _timing_import:
+        raise _TooSlow
+
+
+def _import_learned(field: str) -> str:
+    """Import the pool's job modules (procsup._learn: a bound in ms, then
+    names, one a line), each within the bound; return those that failed."""
+    global _timing_import
+    bound, *names = field.split("\n") if field else ("0",)
     failed = []
-    for name in filter(None, names.split("\n")):
+    previous = signal.signal(signal.SIGALRM, _too_slow) if names else None
+    for name in names:
+        signal.setitimer(signal.ITIMER_REAL, int(bound) / 1000)
         try:
-            __import__(name)
+            _timing_import = True
+            if name != "__mp_main__":
+                __import__(name)
+            elif isinstance(main := sys.modules.get("__main__"), _ParentMain):
+                _import_parent_main(main._procsup_reference)  # the parent's main script
+            else:
+                failed.append(name)  # not a worker a pool started
+            _timing_import = False
         except _Interrupted:
             raise
         except BaseException:  # noqa: BLE001 -- the parent drops it; its jobs report it
             failed.append(name)
+        finally:
+            _timing_import = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    if previous is not None:
+        signal.signal(signal.SIGALRM, previous)
     return "\n".join(failed)
 
 

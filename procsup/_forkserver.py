@@ -29,6 +29,14 @@ Contracts:
   is the template's, and each worker is sent what differs from it now (see
   :mod:`procsup._startup`). Descriptors that
   preloaded modules open are shared with every worker, as with any fork.
+* A pool's learned job modules (:attr:`learned`, see :mod:`procsup._learn`)
+  are sent to the template before the next fork; it imports each once, after
+  a forked copy of it imported the module cleanly within a bound (no
+  exception, no thread, descriptor or signal handler left behind), so that
+  every worker forked later shares it. One it does not import is reported
+  and logged once: a module that raised or took too long is dropped from the
+  list; one that misbehaved only for a template is still imported by each
+  worker while it warms.
 * One background task per template reads its control socket. The Spawner
   protocol gives no nursery, so it is a trio *system* task; :meth:`aclose`
   ends it and waits for it, and it kills and reaps its template on the way
@@ -53,6 +61,7 @@ import trio
 from . import _forkserver_child as proto
 from ._backoff import backoff_delay
 from ._errors import WorkerStartError, describe_exit
+from ._learn import LearnedModules, import_bound
 from ._process import ChildProcess, _ExecChild, _open_pidfd, kill_process, parent_main_reference
 from ._startup import environ_snapshot
 
@@ -62,7 +71,7 @@ logger = logging.getLogger("procsup")  # the scheme: see procsup._worker
 
 _BOOTSTRAP = (
     "import sys;sys.path[:]={path!r};from procsup._forkserver_child import serve,run_worker;"
-    "run_worker(serve({fd},{preload!r}),{main!r})"
+    "run_worker(serve({fd},{preload!r},{main!r}),{main!r})"
 )
 # Every wait on a template is bounded by the user's settings (the spawner's
 # start_timeout is init_timeout, its stop_timeout shutdown_timeout), and by
@@ -110,6 +119,8 @@ class ForkServerSpawner:
         self.environ_base: dict[bytes, bytes] | None = None
         """The environment the running template started with (None before
         the first): a worker is sent what differs from it."""
+        self.learned: LearnedModules | None = None
+        """The pool's job modules, for the template to import (set by open_pool)."""
 
     @property
     def template_pid(self) -> int | None:
@@ -120,6 +131,9 @@ class ForkServerSpawner:
     async def spawn(self, fd: int, control_fd: int, mark_fd: int = -1) -> ChildProcess:
         fds = (fd, control_fd) if mark_fd < 0 else (fd, control_fd, mark_fd)
         template = await self._running_template()
+        learned = self.learned
+        if learned is not None and template.learned_version != learned.version:
+            await template.import_learned(learned)
         try:
             child = await template.fork(fds)
         except _TemplateGone:
@@ -236,6 +250,8 @@ class _Template:
         self.started = trio.Event()  # READY, PRELOAD_FAILED or the end came
         self.start_error: WorkerStartError | None = None
         self._ended = trio.Event()  # the template is reaped
+        self.learned_version = 0  # of the spawner's learned modules, when last sent
+        self._imported: set[str] = set()  # learned modules sent to it
 
     @property
     def pid(self) -> int:
@@ -257,6 +273,18 @@ class _Template:
         if self._sock.fileno() != -1:
             trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
+
+    async def import_learned(self, learned: LearnedModules) -> None:
+        """Send the learned modules it has not been sent; it imports them before
+        it answers the next fork request (whose deadline bounds them too)."""
+        version = learned.version
+        names = [name for name in learned.for_template() if name not in self._imported]
+        if names:
+            bound = import_bound(self._spawner.start_timeout)
+            text = "\n".join(names).encode("utf-8", "replace")
+            await self._request(proto.IMPORT, value=int(bound * 1000), text=text)
+            self._imported.update(names)
+        self.learned_version = version
 
     async def fork(self, fds: tuple[int, ...]) -> _ForkChild:
         """Ask for one worker on these socket ends. Shielded, with a deadline: once
@@ -292,11 +320,18 @@ class _Template:
         )
 
     async def _request(
-        self, kind: int, pid: int = 0, *, fds: tuple[int, ...] = (), reply: _Reply | None = None
+        self,
+        kind: int,
+        pid: int = 0,
+        *,
+        value: int = 0,
+        text: bytes = b"",
+        fds: tuple[int, ...] = (),
+        reply: _Reply | None = None,
     ) -> None:
         """Send one message (atomic: SOCK_SEQPACKET). Replies come in request
         order, so a request that must wait for room queues behind the lock."""
-        msg = [proto.MSG.pack(kind, pid, 0)]
+        msg = [proto.MSG.pack(kind, pid, value) + text]
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         if reply is not None:  # queued first: the answer may come before sendmsg returns
             self._replies.append(reply)
@@ -370,6 +405,10 @@ class _Template:
                 reply.fail(f"the fork server could not fork: {os.strerror(value)}")
         elif kind == proto.READY and not self.started.is_set() and pid == self.pid:
             self.started.set()
+        elif kind == proto.DROPPED:
+            name, _, why = data[proto.MSG.size :].decode("utf-8", "replace").partition("\0")
+            if self._spawner.learned is not None:
+                self._spawner.learned.refuse(name, why, everywhere=bool(value), pid=self.pid)
         elif kind == proto.PRELOAD_FAILED and not self.started.is_set():
             self.start_error = _preload_error(data[proto.MSG.size :])
             self.started.set()

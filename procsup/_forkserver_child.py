@@ -17,6 +17,11 @@ kernel keeps message boundaries and no framing is needed: each message is one
 * parent -> template: ``ACK`` (pid) once the parent holds a pidfd on it. Only
   then may the template reap that worker: until it does, the pid cannot be
   reused, so the parent's ``pidfd_open`` names the right process;
+* parent -> template: ``IMPORT`` (value: a bound in ms) followed by module
+  names, one a line: the pool's learned job modules (:mod:`procsup._learn`),
+  for the template to import before the next fork (see :func:`_import_learned`);
+  template -> parent: ``DROPPED`` (value 1: drop it everywhere, 0: only here)
+  followed by the module's name, NUL, and why, for each it did not import;
 * template -> parent: ``EXITED`` (pid, subprocess-style return code), sent
   after the template has SIGKILLed what was left of the worker's process
   group (while the leader was still an unreaped zombie) and reaped it.
@@ -39,7 +44,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 __all__ = ["MSG", "run_worker", "serve"]
 
@@ -48,27 +53,34 @@ _FD = struct.Struct("i")
 # parent -> template
 FORK = 1
 ACK = 2
+IMPORT = 3
 # template -> parent
 READY = 10
 PRELOAD_FAILED = 11
 FORKED = 12
 FORK_FAILED = 13
 EXITED = 14
+DROPPED = 15
 
 _MAX_TEXT = 60_000  # a preload traceback, cut to fit one message
+_MAX_MSG = 65_536  # the parent reads at most this per message
 
 # The template's workers: pid -> the parent has acknowledged it (may be reaped).
 _children: dict[int, bool] = {}
+_parent_main = ""  # where the parent's __main__ comes from (procsup._process)
 
 
-def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, ...]:
+def serve(ctrl_fd: int, preload: list[str], parent_main: str = "") -> tuple[int, ...]:
     """Run the template on the control socket ``ctrl_fd``.
 
     Never returns in the template, which ends with ``os._exit``; returns in
     each forked worker, with the worker's two socket ends, its signal handling
     reset and the template's descriptors closed. (No ``finally`` or ``with``
-    here: a forked worker unwinds these frames.)
+    here: a forked worker unwinds these frames.) ``parent_main`` is where the
+    parent's ``__main__`` comes from, for a learned ``__mp_main__``.
     """
+    global _parent_main
+    _parent_main = parent_main
     ctrl = _socket.socket(fileno=ctrl_fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -86,17 +98,19 @@ def serve(ctrl_fd: int, preload: list[str]) -> tuple[int, ...]:
                 continue
             fds: list[int] = []
             try:
-                msg, fds = _recv_with_fds(ctrl, MSG.size, 3)
+                msg, fds = _recv_with_fds(ctrl, _MAX_MSG, 3)
             except OSError:
                 msg = b""
-            if len(msg) != MSG.size:  # EOF, or a parent we do not understand
+            if len(msg) < MSG.size:  # EOF, or a parent we do not understand
                 _shutdown()
-            kind, pid, _ = MSG.unpack(msg)
+            kind, pid, value = MSG.unpack_from(msg)
             if kind == FORK and len(fds) in (2, 3):  # jobs, control [, start mark]
                 if _fork(ctrl, fds) == 0:
                     return _become_worker(ctrl, wake_r, wake_w, fds)
             elif kind == ACK and pid in _children:
                 _children[pid] = True
+            elif kind == IMPORT:
+                _import_learned(ctrl, msg[MSG.size :].decode("utf-8", "replace"), value / 1000)
             else:
                 _shutdown()
         _reap(ctrl)
@@ -186,11 +200,156 @@ def _preload(ctrl: _socket.socket, names: list[str]) -> None:
             os._exit(1)
 
 
-def _fork(ctrl: _socket.socket, fds: list[int]) -> int:
-    """Fork one worker on ``fds``; returns 0 in the worker, its pid (or -1) here."""
+def _import_learned(ctrl: _socket.socket, text: str, bound: float) -> None:
+    """Import the pool's learned job modules here, once, so that every worker
+    forked after this shares them. A copy of the template (:func:`_try_imports`)
+    imports them first: only those it imported cleanly are imported here, so
+    a module that raises, hangs, exits, or leaves threads, descriptors or
+    signal handlers behind never touches the template. The others are reported
+    (``DROPPED``), each once."""
+    names = [name for name in text.split("\n") if name and name not in sys.modules]
+    while names:
+        verdicts, tried = _try_imports(ctrl, names, bound)
+        if not tried:
+            return
+        for name in tried:
+            why = verdicts.get(name)
+            if why is None:
+                try:
+                    _import(name)
+                    continue
+                except BaseException as exc:  # noqa: BLE001 -- reported, as in the copy
+                    why = "!" + _raised(exc)
+            everywhere = why.startswith("!")  # it fails anywhere, or takes too long
+            report = f"{name}\0{why.lstrip('!')}".encode("utf-8", "replace")[:_MAX_TEXT]
+            _send(ctrl, DROPPED, value=int(everywhere), text=report)
+        names = names[len(tried) :]
+
+
+def _try_imports(
+    ctrl: _socket.socket, names: list[str], bound: float
+) -> tuple[dict[str, str], list[str]]:
+    """Import ``names`` in a forked copy of the template, each within ``bound``
+    seconds: why each misbehaved (``!`` first: drop it everywhere), and the
+    names tried, a prefix of ``names`` (the copy stops at one that hangs or
+    ends it; none if it cannot fork)."""
+    _flush()
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return {}, []  # not tried, not imported: its workers import them
+    if pid == 0:
+        os.close(read_end)
+        ctrl.close()  # the parent's EOF must not wait for this copy
+        _trial(write_end, names)
+    os.close(write_end)
+    verdicts: dict[str, str] = {}
+    tried: list[str] = []
+    poller = select.poll()
+    poller.register(read_end, select.POLLIN)
+    pending = b""
+    while len(tried) < len(names):
+        name = names[len(tried)]
+        chunk = os.read(read_end, _MAX_MSG) if poller.poll(int(bound * 1000)) else None
+        if not chunk:
+            why = "ended the process importing it" if chunk == b"" else f"took over {bound:g}s"
+            verdicts[name] = "!" + why
+            tried.append(name)
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            done, _, why = line.decode("utf-8", "replace").partition("\0")
+            tried.append(done)
+            if why:
+                verdicts[done] = why
+    os.close(read_end)
+    _kill(pid)  # not its group: that is the template's
+    os.waitpid(pid, 0)
+    return verdicts, tried
+
+
+def _trial(write_end: int, names: list[str]) -> NoReturn:
+    """In the template's copy: import each name, write ``name NUL why`` a line."""
+    _signal.set_wakeup_fd(-1)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # its output would come twice: here and in the template
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    for name in names:
+        before = _footprint()
+        try:
+            _import(name)
+            why = _changes(before, _footprint())
+        except BaseException as exc:  # noqa: BLE001 -- reported
+            why = "!" + _raised(exc)
+        line = f"{name}\0{why}".replace("\n", " ")[: _MAX_TEXT - 1] + "\n"
+        os.write(write_end, line.encode("utf-8", "replace"))
+    os._exit(0)
+
+
+def _footprint() -> tuple[int, set[str], list[object]]:
+    """What an import must not change in the template: its threads, its open
+    descriptors, its signal handlers and wakeup descriptor."""
+    wakeup = _signal.set_wakeup_fd(-1)
+    handlers = [_signal.getsignal(signum) for signum in range(1, _signal.NSIG)]
+    handlers.append(wakeup)
+    return len(os.listdir("/proc/self/task")), set(os.listdir("/proc/self/fd")), handlers
+
+
+def _changes(
+    before: tuple[int, set[str], list[object]], after: tuple[int, set[str], list[object]]
+) -> str:
+    """Why an import that left ``after`` behind is no module for the template
+    (a fork copies only the forking thread, and shares every descriptor); "" if none."""
+    if after[0] > before[0]:
+        return f"it starts {after[0] - before[0]} thread(s)"
+    if after[1] - before[1]:
+        return f"it leaves {len(after[1] - before[1])} descriptor(s) open"
+    if after[2] != before[2]:
+        return "it sets signal handlers"
+    return ""
+
+
+def _import(name: str) -> None:
+    """Import ``name`` as a worker would: procsup.in_worker() is true meanwhile."""
+    child: Any = sys.modules["procsup._child"]
+    child.importing_for_workers = True
+    try:
+        if name != "__mp_main__":
+            __import__(name)
+        elif _parent_main:  # the parent's main script, as a worker imports it
+            child._import_parent_main(_parent_main)
+        else:
+            raise ImportError("the parent's __main__ has no file to import")
+    finally:
+        child.importing_for_workers = False
+
+
+def _raised(exc: BaseException) -> str:
+    return f"importing it raised {type(exc).__name__}: {exc}"
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, _signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
-            stream.flush()  # or the worker inherits, and repeats, buffered output
+            stream.flush()  # or a forked copy inherits, and repeats, buffered output
+
+
+def _fork(ctrl: _socket.socket, fds: list[int]) -> int:
+    """Fork one worker on ``fds``; returns 0 in the worker, its pid (or -1) here."""
+    _flush()
     try:
         pid = os.fork()
     except OSError as exc:

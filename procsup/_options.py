@@ -282,7 +282,7 @@ class PoolOptions:
     backoff_base: float = attrs.field(default=0.1, validator=_number(0))
     backoff_cap: float = attrs.field(default=30.0, validator=_number(0))
     on_event: Callable[[PoolEvent], object] | None = None
-    learn_modules: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    learn_modules: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         if self.load is not None and not callable(self.load):

@@ -67,13 +67,13 @@ def _not_importable_in_a_worker(fn: object) -> str | None:
     (its ``__main__`` has no file), or None."""
     while isinstance(fn, functools.partial):
         fn = fn.func
-    if getattr(fn, "__module__", None) == "__main__" and not _main_importable():
+    if getattr(fn, "__module__", None) == "__main__" and not main_importable():
         return "it is defined in __main__ of an interactive session, python -c or stdin"
     return None
 
 
 @functools.cache
-def _main_importable() -> bool:
+def main_importable() -> bool:
     # Once per process (a stat per job otherwise): __main__ does not move.
     return bool(parent_main_reference())
 

@@ -902,7 +902,7 @@ async def open_pool(
     backoff_base: float = 0.1,
     backoff_cap: float = 30.0,
     on_event: Callable[[PoolEvent], object] | None = None,
-    learn_modules: bool = False,
+    learn_modules: bool = True,
     max_jobs: int | None = 1,
     shutdown_timeout: float = 5.0,
     ping_interval: float = 5.0,
@@ -951,8 +951,10 @@ async def open_pool(
         backoff_base: seconds of the first delay after a failed start.
         backoff_cap: the longest delay between failing starts, in seconds.
         on_event: a callback given every :class:`PoolEvent`.
-        learn_modules: if true, workers started after a job ran import its
-            module while they warm, before they are ready (see :ref:`learned-modules`).
+        learn_modules: import the modules of jobs already run (and of their
+            arguments) ahead of the next jobs: once in a fork server's
+            template, else in each worker while it warms (see
+            :ref:`learned-modules`); ``False`` turns it off.
         start_method: as for :func:`open_worker`, but ``"auto"`` means
             ``"forkserver"`` on Linux (``"exec"`` elsewhere), and
             ``$PROCSUP_START_METHOD`` overrides that.
@@ -977,6 +979,8 @@ async def open_pool(
     ensure_descriptors(max(options.idle, options.max_workers or 0), options.start_slots)
     async with open_spawner(wopts) as spawner:
         learned = LearnedModules() if options.learn_modules else None
+        if hasattr(spawner, "learned"):  # a fork server: its template imports them too
+            spawner.learned = learned
         start_worker = functools.partial(supervise, wopts, spawner, learned=learned)
         async with Pool._open(options, start_worker, wopts.name or "") as pool:
             yield pool

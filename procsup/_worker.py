@@ -336,11 +336,13 @@ class Worker(metaclass=NoPublicConstructor):
                 return None
             self._refuse_job()
         job = _Job(next(_job_ids))
+        frame = self._shm.job_frame(job.id, fn, args)
+        payload = None
+        if frame is None:
+            payload = dump_job(fn, args, self._options.max_message_bytes)
+            frame = _wire.encode(Kind.JOB, job.id, payload)
         if self._learned is not None:
-            self._learned.note(fn)
-        frame = self._shm.job_frame(job.id, fn, args) or _wire.encode(
-            Kind.JOB, job.id, dump_job(fn, args, self._options.max_message_bytes)
-        )
+            self._learned.note(fn, payload)
         try:
             self._channel.send_nowait(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -1046,7 +1048,7 @@ def _init_frame(
         options.max_message_bytes,
         options.shm_min_bytes or 0,
         options.worker_loop or "",
-        learned.field() if learned is not None else "",
+        learned.field(options.init_timeout) if learned is not None else "",
         *startup_fields(
             name=options.name or "",  # never None: WorkerOptions derives it
             slot=slot,
