@@ -9,7 +9,7 @@ import argparse
 import json
 import signal
 import sys
-import threading
+from functools import partial
 from typing import Any
 
 import trio
@@ -92,6 +92,7 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, wait this long for running jobs (default: 300)",
     )
+    _add_metrics_interval(serve)
     serve.set_defaults(handler=_cmd_serve, quiet=True)
 
     submit = commands.add_parser(
@@ -129,6 +130,15 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
     actions = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
     status = actions.add_parser("status", help="backlog, pending, dead letters and live hosts")
     status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        default=None,
+        help="instead, serve the queue's Prometheus metrics at http://HOST:PORT/metrics until "
+        "SIGTERM or Ctrl-C (needs procsup[prometheus]; port 0 picks a free one; the address "
+        "is printed on stderr)",
+    )
+    _add_metrics_interval(status)
     dead = actions.add_parser("dead", help="list, show, requeue or purge dead letters")
     dead_actions = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
     dead_actions.add_parser("list", help="one JSON line per dead letter")
@@ -146,6 +156,17 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
         help="the Redis server: redis://HOST:PORT/DB, rediss://... or unix:///PATH",
     )
     parser.add_argument("--queue", required=True, metavar="NAME", help="the queue's name")
+
+
+def _add_metrics_interval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-interval",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="with --metrics: read the queue's figures from Redis this often; a scrape serves "
+        "the last reading (default: 5)",
+    )
 
 
 def _seconds(text: str) -> float:
@@ -220,66 +241,49 @@ async def _serve(redis: Any, cfg: Any, args: argparse.Namespace, outcome: dict[s
             if (error := await first_start_error(pool)) is not None:
                 outcome["start_error"] = error
                 return
-            async with redis.open_server(
-                pool,
-                cfg.fn,
-                url=args.redis,
-                queue=args.queue,
-                group=args.group,
-                lease=args.lease,
-                max_deliveries=args.max_deliveries,
-                timeout=cfg.timeout,
-                drain_timeout=args.drain_timeout,
-            ) as server:
-                if cfg.metrics is not None:
-                    _export_metrics(pool, server)
-                print(
-                    f"procsup serve: consuming queue {args.queue!r} as {server.consumer} "
-                    f"(concurrency {cfg.concurrency}, lease {args.lease:g}s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                async for signum in signals:
-                    outcome["signal"] = signum
-                    break
-                await server.drain()
-                outcome["stats"] = server.statistics()
+            async with trio.open_nursery() as queue_metrics:
+                async with redis.open_server(
+                    pool,
+                    cfg.fn,
+                    url=args.redis,
+                    queue=args.queue,
+                    group=args.group,
+                    lease=args.lease,
+                    max_deliveries=args.max_deliveries,
+                    timeout=cfg.timeout,
+                    drain_timeout=args.drain_timeout,
+                ) as server:
+                    if cfg.metrics is not None:
+                        _export_metrics(pool, server)
+                        await queue_metrics.start(
+                            partial(redis.serve_queue_metrics, interval=args.metrics_interval),
+                            args.redis,
+                            args.queue,
+                        )
+                    print(
+                        f"procsup serve: consuming queue {args.queue!r} as {server.consumer} "
+                        f"(concurrency {cfg.concurrency}, lease {args.lease:g}s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    async for signum in signals:
+                        outcome["signal"] = signum
+                        break
+                    await server.drain()
+                    outcome["stats"] = server.statistics()
+                queue_metrics.cancel_scope.cancel()
 
 
 def _export_metrics(pool: Any, server: Any) -> None:
     """The pool's metrics (:mod:`procsup.metrics`, ``pool="serve"``) and this
-    host's (:func:`procsup.redis.metric_samples`) in prometheus-client's
-    default registry, which ``--metrics`` serves. Call it in the trio run."""
-    from prometheus_client import REGISTRY
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
+    host's (``procsup_serve_*``) in prometheus-client's default registry,
+    which ``--metrics`` serves. Call it in the trio run."""
     import procsup.metrics
 
-    from .redis import metric_samples
-    from .redis._server import COUNTERS
+    from .redis._exporter import export_host
 
     procsup.metrics.register(pool, name="serve")
-    token = trio.lowlevel.current_trio_token()
-    trio_thread = threading.get_ident()
-
-    class HostCollector:
-        def collect(self) -> Any:  # in the HTTP server's thread
-            if threading.get_ident() == trio_thread:  # register() reads it once
-                stats = server.statistics()
-            else:
-                try:
-                    stats = trio.from_thread.run_sync(server.statistics, trio_token=token)
-                except trio.RunFinishedError:
-                    return
-            for name, labels, value in metric_samples(stats):
-                counter = name.removeprefix("procsup_serve_") in COUNTERS
-                family = (CounterMetricFamily if counter else GaugeMetricFamily)(
-                    name, f"This host's {name.removeprefix('procsup_serve_')}.", labels=[*labels]
-                )
-                family.add_metric([*labels.values()], value)
-                yield family
-
-    REGISTRY.register(HostCollector())
+    export_host(server)
 
 
 # -- procsup submit -----------------------------------------------------------------
@@ -354,8 +358,44 @@ def _write(out: Any, index: int, job: str | None, error: dict[str, Any] | None, 
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
-    _redis()
+    redis = _redis()
+    if args.queue_command == "status" and args.metrics is not None:
+        return _queue_metrics(redis, args)
     return int(trio.run(_queue, args))
+
+
+def _queue_metrics(redis: Any, args: argparse.Namespace) -> int:
+    """``queue status --metrics``: export the queue's figures until a signal."""
+    from ._cli import EXIT_USAGE, UsageError, _metrics_address, _serve_metrics
+
+    try:
+        address = _metrics_address(args.metrics)
+        metrics = _serve_metrics(address, "procsup queue status")
+    except UsageError as exc:
+        print(f"procsup queue status: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(
+            f"procsup queue status: error: cannot serve metrics on {args.metrics}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    async def export() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    partial(redis.serve_queue_metrics, interval=args.metrics_interval),
+                    args.redis,
+                    args.queue,
+                )
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+
+    with metrics:
+        trio.run(export)
+    return 0
 
 
 async def _queue(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ import psutil
 import pytest
 import redis_jobs
 import trio
+from redis_helpers import scrape
 
 from procsup.redis import RemoteJobError, open_queue
 
@@ -249,6 +249,7 @@ async def test_host_killed_mid_job_is_redelivered(
         assert len(redis_jobs.executions(exec_log)) == 2
         stats = await q.statistics()
         assert (stats.length, stats.pending, stats.dead) == (0, 0, 0)
+        assert (stats.leases_lost, stats.redeliveries) == (1, 1)
 
 
 async def test_long_job_renews_its_lease(redis_server: Any, tmp_path: Path, exec_log: str) -> None:
@@ -443,26 +444,67 @@ async def test_job_that_kills_its_host_kills_at_most_max_deliveries_hosts(
         assert (await q.statistics()).dead == 1
 
 
-async def test_serve_metrics_show_the_pool_and_the_host(
+async def test_serve_metrics_show_the_pool_the_host_and_the_queue(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    from prometheus_client.parser import text_string_to_metric_families
-
     async with hosts_for(redis_server, tmp_path, exec_log) as hosts:
-        await hosts.start("--metrics", "127.0.0.1:0", func="redis_jobs:square")
-        shown = [line for line in hosts.stderr(0).splitlines() if "metrics at" in line]
-        url = shown[0].split(" at ")[1].strip()
+        await hosts.start(
+            "--metrics", "127.0.0.1:0", "--metrics-interval", "0.2", func="redis_jobs:square"
+        )
+        url = metrics_url(hosts.stderr(0))
         async with open_queue(redis_server.url, "q") as queue:
             assert [await queue.call(i, timeout=20) for i in range(3)] == [0, 1, 4]
-        response = await trio.to_thread.run_sync(lambda: urllib.request.urlopen(url, timeout=10))
-        with response:
-            text = response.read().decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+        with trio.fail_after(20):
+            while (samples := await trio.to_thread.run_sync(scrape, url)).get(
+                ("procsup_queue_capacity", (("queue", "q"),))
+            ) != 2:
+                await trio.sleep(0.1)
     assert samples[("procsup_jobs_total", (("outcome", "ok"), ("pool", "serve")))] == 3
     completed = [v for (name, _), v in samples.items() if name == "procsup_serve_completed_total"]
     assert completed == [3]
     assert [v for (name, _), v in samples.items() if name == "procsup_serve_capacity"] == [2]
+    assert samples[("procsup_queue_backlog", (("queue", "q"),))] == 0
+
+
+async def test_queue_status_serves_the_queue_metrics_until_stopped(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    err = open(tmp_path / "status.err", "wb")  # noqa: SIM115, ASYNC230
+    with err:
+        proc = subprocess.Popen(  # noqa: ASYNC220 -- waited for below
+            [
+                *(sys.executable, "-m", "procsup", "queue", "--redis", redis_server.url),
+                *("--queue", "q", "status"),
+                *("--metrics", "127.0.0.1:0", "--metrics-interval", "0.1"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=dict(os.environ, PYTHONPATH=str(HERE)),
+            start_new_session=True,
+        )
+    try:
+        with trio.fail_after(30):
+            while "metrics at" not in (text := (tmp_path / "status.err").read_text()):
+                assert proc.poll() is None, text
+                await trio.sleep(0.05)
+        url = metrics_url(text)
+        async with open_queue(redis_server.url, "q") as queue:
+            for i in range(4):
+                await queue.submit(i)
+            backlog = ("procsup_queue_backlog", (("queue", "q"),))
+            with trio.fail_after(20):
+                while (await trio.to_thread.run_sync(scrape, url)).get(backlog) != 4:
+                    await trio.sleep(0.05)
+        proc.terminate()
+        assert await trio.to_thread.run_sync(proc.wait, 20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def metrics_url(stderr: str) -> str:
+    """The address a command printed for ``--metrics``."""
+    shown = [line for line in stderr.splitlines() if "metrics at" in line]
+    return shown[0].split(" at ")[1].strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._engine import QueueStats
 from ._errors import QueueFullError, RemoteJobError
+from ._exporter import serve_queue_metrics
 from ._metrics import metric_samples
 from ._queue import Queue, open_queue
 from ._server import Server, ServeStatistics, open_server
@@ -24,4 +25,5 @@ __all__ = [
     "metric_samples",
     "open_queue",
     "open_server",
+    "serve_queue_metrics",
 ]

@@ -83,6 +83,11 @@ class QueueStats:
         oldest_pending_age: seconds the oldest pending entry has waited since
             it was enqueued, or 0.
         hosts: the live hosts' last reported status, by consumer name.
+        leases_lost: entries taken back from a host that stopped renewing
+            (it died, froze or was cut off), since the queue was made.
+        redeliveries: deliveries after a job's first (taken back after a
+            lost lease, or handed back after a worker crash or a
+            ``retry_on`` error), since the queue was made.
     """
 
     length: int
@@ -91,6 +96,8 @@ class QueueStats:
     dead: int
     oldest_pending_age: float
     hosts: dict[str, dict[str, Any]]
+    leases_lost: int = 0
+    redeliveries: int = 0
 
 
 def queue_prefix(queue: str) -> str:
@@ -300,6 +307,7 @@ class Engine:
                 pending, oldest = 0, None
             now = await self.client.time()
             raw_hosts = await self.client.hgetall(self.hosts)
+            counts = await self.client.hgetall(self.prefix + "stats")
         now_ms = now.timestamp() * 1000
         age = max(0.0, (now_ms - int(oldest.split("-")[0])) / 1000) if oldest else 0.0
         hosts = {}
@@ -308,7 +316,16 @@ class Engine:
             # a host that has not renewed in 3 leases is gone
             if now_ms - status.get("seen", 0) <= 3000 * status.get("lease", 30):
                 hosts[name] = status
-        return QueueStats(length, pending, max(0, length - pending), dead, age, hosts)
+        return QueueStats(
+            length,
+            pending,
+            max(0, length - pending),
+            dead,
+            age,
+            hosts,
+            leases_lost=int(counts.get("leases_lost", 0)),
+            redeliveries=int(counts.get("redeliveries", 0)),
+        )
 
     async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
         """The oldest ``count`` dead letters, each with its ``entry`` id."""

@@ -7,9 +7,10 @@ from collections import Counter
 from ._engine import QueueStats
 from ._server import COUNTERS, ServeStatistics
 
-__all__ = ["Sample", "metric_samples"]
+__all__ = ["QUEUE_COUNTERS", "Sample", "metric_samples"]
 
 Sample = tuple[str, dict[str, str], float]  # (name, labels, value)
+QUEUE_COUNTERS = ("leases_lost", "redeliveries")  # QueueStats fields that only go up
 
 
 def metric_samples(stats: ServeStatistics | QueueStats, *, queue: str = "") -> list[Sample]:
@@ -17,7 +18,9 @@ def metric_samples(stats: ServeStatistics | QueueStats, *, queue: str = "") -> l
     :meth:`~procsup.redis.Server.statistics` (``procsup_serve_*``, labelled
     ``consumer``; the counters are totals since the host started) or of a
     queue's :meth:`~procsup.redis.Queue.statistics` (``procsup_queue_*``,
-    labelled ``queue``): what an exporter such as ``procsup.metrics`` serves.
+    labelled ``queue``; ``leases_lost`` and ``redeliveries`` are totals
+    since the queue was made): what :func:`procsup.redis.serve_queue_metrics`
+    and ``procsup serve --metrics`` export.
     """
     if isinstance(stats, ServeStatistics):
         labels = {"consumer": stats.consumer}
@@ -39,6 +42,7 @@ def metric_samples(stats: ServeStatistics | QueueStats, *, queue: str = "") -> l
             labels,
             float(sum(h.get("capacity", 0) for h in stats.hosts.values())),
         ),
+        *((f"procsup_queue_{n}", labels, float(getattr(stats, n))) for n in QUEUE_COUNTERS),
     ]
     health = Counter(h.get("health", "ok") for h in stats.hosts.values())
     for state in ("ok", "degraded", "draining"):

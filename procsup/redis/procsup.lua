@@ -6,10 +6,17 @@
 -- and then its own arguments. Entry fields (schema v=1, all strings):
 --   v "1", id the job id, body the argument (JSON), exp expiry in server ms (optional),
 --   d deliveries of earlier entries of the same job (requeued jobs; optional).
+-- Hash "procsup:{queue}:stats" counts, for the queue's metrics: leases_lost
+-- (entries taken back from a holder that stopped renewing) and redeliveries
+-- (deliveries after a job's first: reclaimed, or handed back counted).
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function count(args, field)
+  redis.call('HINCRBY', args[1] .. 'stats', field, 1)
 end
 
 local function fields_of(stream, entry)
@@ -109,6 +116,7 @@ redis.register_function('procsup_reclaim', function(keys, args)
       else
         local job = map['id'] or entry
         local deliveries = tonumber(map['d'] or '0') + delivered
+        count(args, 'leases_lost')
         if map['exp'] and now > tonumber(map['exp']) then
           finish(keys, args, entry, job, error_payload(job, 'ExpiredError',
             'the job passed its ttl before it could run', 'queue', deliveries, args[3]), args[7])
@@ -133,6 +141,7 @@ redis.register_function('procsup_reclaim', function(keys, args)
             redis.call('XCLAIM', keys[1], args[2], args[3], 0, entry, 'JUSTID',
               'RETRYCOUNT', delivered + 1)
             table.insert(taken, {entry, job, map['body'] or '', deliveries + 1, map['exp'] or ''})
+            count(args, 'redeliveries')
           end
         end
       end
@@ -158,7 +167,7 @@ redis.register_function('procsup_requeue', function(keys, args)
   local map = fields_of(keys[1], args[4])
   if map then
     local d = tonumber(map['d'] or '0') + delivered
-    if args[5] ~= '1' then d = d - 1 end
+    if args[5] == '1' then count(args, 'redeliveries') else d = d - 1 end
     map['d'] = tostring(d)
     local flat = {}
     for k, v in pairs(map) do table.insert(flat, k); table.insert(flat, v) end
