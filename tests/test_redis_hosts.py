@@ -224,6 +224,36 @@ async def test_host_holds_no_more_than_its_workers(
     assert 1 <= most <= 2
 
 
+async def test_reclaiming_host_holds_no_more_than_its_workers(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> None:
+    # B waits in a blocking read with both slots free when it takes A's two
+    # jobs back; jobs submitted then must not come in on top (B would hold 4)
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        gate = tmp_path / "gate"
+        a = await hosts.start()
+        held = [await q.submit({"gate": str(gate), "value": i}) for i in range(2)]
+        await started(exec_log, 2)
+        await hosts.start()  # B
+        b = hosts.consumer(1)
+        hosts.kill(a)
+        with trio.fail_after(LEASE * 1.5 + 20):
+            while pending_by_consumer(redis_server).get(b, 0) < 2:
+                await trio.sleep(0.01)
+        more = [await q.submit({"value": i}) for i in range(2, 4)]
+        most = 0
+        with trio.move_on_after(3 * LEASE):  # past B's next read and reclaim pass
+            while True:
+                most = max(most, pending_by_consumer(redis_server).get(b, 0))
+                await trio.sleep(0.01)
+        gate.touch()
+        assert [await q.result(j, timeout=20) for j in held + more] == [0, 1, 2, 3]
+    assert most == 2
+
+
 async def test_host_killed_mid_job_is_redelivered(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:

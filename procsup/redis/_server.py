@@ -139,7 +139,7 @@ class Server:
         self._held: dict[str, _Job] = {}
         self._counts: Counter[str] = Counter()
         self._wake = trio.Event()
-        self._intake = trio.CancelScope()  # the reader and the reclaimer
+        self._intake = trio.CancelScope()  # the reader (it reclaims too) and the GC
         self._draining = False
         self._drained = trio.Event()
         self._connected = True
@@ -198,19 +198,29 @@ class Server:
             with self._intake:
                 async with trio.open_nursery() as intake:
                     intake.start_soon(self._reader)
-                    intake.start_soon(self._reclaimer)
+                    intake.start_soon(self._collect_garbage)
             await self._drained.wait()
             nursery.cancel_scope.cancel()
 
     async def _reader(self) -> None:
+        # The one task that takes entries, new (fetch) or reclaimed: two
+        # takers would each ask for the same free slots and together hold
+        # more than the capacity. A blocking read ends by the next reclaim pass.
+        next_reclaim = trio.current_time() + self._lease / 2
         while True:
             wake = self._wake
             n = self._room()
             if n == 0:
                 await wake.wait()
                 continue
+            now = trio.current_time()
+            if now >= next_reclaim:
+                next_reclaim = now + self._lease / 2
+                if now >= self._reclaim_after:
+                    await self._reclaim(n)
+                    continue
             try:
-                entries = await self._engine.fetch(n, _BLOCK)
+                entries = await self._engine.fetch(n, min(_BLOCK, next_reclaim - now))
             except RedisFailure as exc:
                 await self._down("read", exc)
                 continue
@@ -218,26 +228,22 @@ class Server:
             for entry in entries:
                 self._take(entry, "received")
 
-    async def _reclaimer(self) -> None:
-        next_gc = trio.current_time() + _GC_EVERY
+    async def _reclaim(self, n: int) -> None:
+        try:
+            entries = await self._engine.reclaim(n, self._lease, self._max_deliveries)
+        except RedisFailure as exc:
+            await self._down("reclaim", exc)
+            return
+        self._up()
+        for entry in entries:
+            if entry.entry not in self._held:  # ours already: its renewals failed
+                self._take(entry, "reclaimed")
+
+    async def _collect_garbage(self) -> None:
         while True:
-            await trio.sleep(self._lease / 2)
-            if trio.current_time() >= next_gc:
-                next_gc = trio.current_time() + _GC_EVERY
-                with contextlib.suppress(*RedisFailure):
-                    await self._engine.collect_garbage(max(_GC_IDLE, 10 * self._lease))
-            n = self._room()
-            if n == 0 or trio.current_time() < self._reclaim_after:
-                continue
-            try:
-                entries = await self._engine.reclaim(n, self._lease, self._max_deliveries)
-            except RedisFailure as exc:
-                await self._down("reclaim", exc)
-                continue
-            self._up()
-            for entry in entries:
-                if entry.entry not in self._held:  # ours already: its renewals failed
-                    self._take(entry, "reclaimed")
+            await trio.sleep(_GC_EVERY)
+            with contextlib.suppress(*RedisFailure):
+                await self._engine.collect_garbage(max(_GC_IDLE, 10 * self._lease))
 
     async def _renewer(self) -> None:
         while True:
