@@ -93,6 +93,7 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
         help="on SIGTERM, wait this long for running jobs (default: 300)",
     )
     _add_metrics_interval(serve)
+    _add_max_body_bytes(serve, "dead-letter, without running it, a job whose body is larger")
     serve.set_defaults(handler=_cmd_serve, quiet=True)
 
     submit = commands.add_parser(
@@ -118,6 +119,7 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="a job not started within this long is not run",
     )
+    _add_max_body_bytes(submit, "refuse a line whose JSON is larger (an input error record)")
     submit.set_defaults(handler=_cmd_submit)
 
     queue = commands.add_parser(
@@ -167,6 +169,27 @@ def _add_metrics_interval(parser: argparse.ArgumentParser) -> None:
         help="with --metrics: read the queue's figures from Redis this often; a scrape serves "
         "the last reading (default: 5)",
     )
+
+
+def _add_max_body_bytes(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--max-body-bytes",
+        type=_count,
+        default=None,  # the library's default (1 MiB)
+        metavar="BYTES",
+        help=f"{what} (default: 1048576, 1 MiB)",
+    )
+
+
+def _body_cap(args: argparse.Namespace) -> dict[str, int]:
+    """``max_body_bytes=`` when ``--max-body-bytes`` was given."""
+    return {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
+
+
+def _count(text: str) -> int:
+    from ._cli import _positive_int
+
+    return _positive_int(text)
 
 
 def _seconds(text: str) -> float:
@@ -252,6 +275,7 @@ async def _serve(redis: Any, cfg: Any, args: argparse.Namespace, outcome: dict[s
                     max_deliveries=args.max_deliveries,
                     timeout=cfg.timeout,
                     drain_timeout=args.drain_timeout,
+                    **_body_cap(args),
                 ) as server:
                     if cfg.metrics is not None:
                         _export_metrics(pool, server)
@@ -301,7 +325,7 @@ async def _submit(redis: Any, args: argparse.Namespace) -> int:
 
     failures = 0
     out = sys.stdout
-    async with redis.open_queue(args.redis, args.queue) as queue:
+    async with redis.open_queue(args.redis, args.queue, **_body_cap(args)) as queue:
         submitted: list[tuple[int, str | None, dict[str, Any] | None]] = []
         index = 0
         async for raw in _read_lines(0):

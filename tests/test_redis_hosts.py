@@ -204,6 +204,20 @@ async def test_serve_and_submit_round_trip(
         report = json.loads(status.stdout)
         assert (report["backlog"], report["pending"], report["dead"]) == (0, 0, 0)
         assert len(report["hosts"]) == 1
+        big = await trio.run_process(
+            [
+                *(sys.executable, "-m", "procsup", "submit", "--redis", redis_server.url),
+                *("--queue", "q", "--max-body-bytes", "10"),
+            ],
+            stdin=b'"short"\n"far longer than ten bytes"\n',
+            capture_stdout=True,
+            check=False,
+        )
+        records = [json.loads(line) for line in big.stdout.decode().splitlines()]
+        assert big.returncode == 1
+        assert [r["id"] is None for r in records] == [False, True]
+        assert records[1]["error"]["type"] == "BodyTooLargeError"
+        assert records[1]["error"]["phase"] == "input"
 
 
 async def test_host_holds_no_more_than_its_workers(

@@ -14,6 +14,7 @@ import trio
 
 import procsup
 from procsup.redis import (
+    BodyTooLargeError,
     QueueFullError,
     RemoteJobError,
     metric_samples,
@@ -134,6 +135,37 @@ async def test_submit_rejects_what_is_not_json(redis_server: Any) -> None:
         with pytest.raises(TypeError):
             await q.submit({1, 2})
         assert (await q.statistics()).length == 0
+
+
+async def test_oversize_body_is_refused_and_an_oversize_entry_is_not_run(
+    redis_server: Any, exec_log: str
+) -> None:
+    async with open_queue(redis_server.url, "q", max_body_bytes=100) as q:
+        with pytest.raises(BodyTooLargeError) as info:
+            await q.submit("x" * 120)  # 122 bytes of JSON
+        assert (info.value.size, info.value.max_body_bytes) == (122, 100)
+        assert "122 bytes of JSON, over max_body_bytes 100" in str(info.value)
+        assert isinstance(info.value, ValueError)
+        assert (await q.statistics()).length == 0  # nothing enqueued
+        assert await q.submit("x" * 80) != ""  # 82 bytes: under the cap
+    # a producer that bypassed the check: the host dead-letters it unrun
+    body = json.dumps("x" * 200)
+    redis_server.cli("XADD", "procsup:{q}:s", "*", "v", "1", "id", "big", "body", body)
+    async with (
+        open_queue(redis_server.url, "q") as q,
+        host(redis_server.url, max_body_bytes=150) as server,
+    ):
+        with pytest.raises(RemoteJobError) as err:
+            await q.result("big", timeout=20)
+        assert (err.value.type, err.value.phase) == ("BodyTooLargeError", "input")
+        assert "202 bytes, over this host's max_body_bytes 150" in err.value.message
+        assert server.statistics().dead_lettered == 1
+        assert (await q.statistics()).dead == 1
+    assert "too_large" in redis_server.cli("XRANGE", "procsup:{q}:dead", "-", "+")
+    assert [e["arg"] for e in redis_jobs.executions(exec_log)] == ["x" * 80]
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        async with open_queue(redis_server.url, "q", max_body_bytes=0):
+            pass
 
 
 def test_import_procsup_does_not_import_redis() -> None:

@@ -9,13 +9,14 @@ procsup`` never imports this package, and workers never do.
 from __future__ import annotations
 
 from ._engine import QueueStats
-from ._errors import QueueFullError, RemoteJobError
+from ._errors import BodyTooLargeError, QueueFullError, RemoteJobError
 from ._exporter import serve_queue_metrics
 from ._metrics import metric_samples
 from ._queue import Queue, open_queue
 from ._server import Server, ServeStatistics, open_server
 
 __all__ = [
+    "BodyTooLargeError",
     "Queue",
     "QueueFullError",
     "QueueStats",

@@ -6,7 +6,34 @@ from typing import Any
 
 from .._errors import ProcsupError
 
-__all__ = ["QueueFullError", "RemoteJobError", "error_fields"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "BodyTooLargeError", "QueueFullError", "RemoteJobError"]
+__all__ += ["error_fields"]
+
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024  # bytes of JSON one job's argument may take
+
+
+class BodyTooLargeError(ProcsupError, ValueError):
+    """:meth:`Queue.submit` refused an argument whose JSON is over
+    ``max_body_bytes``. Nothing was enqueued.
+
+    Every entry's body lives in Redis's memory until its job finishes: pass a
+    reference (a path, a URL, an object-store key) to large data instead.
+    A host dead-letters (``too_large``), without running it, an entry over
+    its own ``max_body_bytes`` that another producer wrote.
+
+    Attributes:
+        size: the body's size, in bytes (UTF-8 JSON).
+        max_body_bytes: the limit.
+    """
+
+    def __init__(self, size: int, max_body_bytes: int) -> None:
+        self.size = size
+        self.max_body_bytes = max_body_bytes
+        super().__init__(
+            f"the job's argument is {size:,} bytes of JSON, over max_body_bytes "
+            f"{max_body_bytes:,}; nothing was enqueued: pass a reference (a path, a URL, a "
+            "key) to large data, or raise max_body_bytes on open_queue and on the hosts"
+        )
 
 
 class QueueFullError(ProcsupError):

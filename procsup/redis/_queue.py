@@ -14,7 +14,7 @@ import trio
 
 from .._backoff import backoff_delay
 from ._engine import ConnectionLost, Engine, QueueStats, open_engine
-from ._errors import QueueFullError, RemoteJobError
+from ._errors import DEFAULT_MAX_BODY_BYTES, BodyTooLargeError, QueueFullError, RemoteJobError
 
 __all__ = ["DEFAULT_MAX_BACKLOG", "Queue", "open_queue"]
 
@@ -25,9 +25,10 @@ _WAIT_STEP = 5.0  # seconds of one blocking wait for a result; then it looks aga
 class Queue:
     """A producer's handle on a queue. Made by :func:`open_queue`."""
 
-    def __init__(self, engine: Engine, max_backlog: int) -> None:
+    def __init__(self, engine: Engine, max_backlog: int, max_body_bytes: int) -> None:
         self._engine = engine
         self._max_backlog = max_backlog
+        self._max_body_bytes = max_body_bytes
 
     async def submit(self, arg: Any, *, key: str | None = None, ttl: float | None = None) -> str:
         """Enqueue a job that calls the hosts' function with ``arg``; return its id.
@@ -42,9 +43,15 @@ class Queue:
         Raises:
             QueueFullError: the queue holds ``max_backlog`` entries; nothing
                 was enqueued.
+            BodyTooLargeError: ``arg``'s JSON is over ``max_body_bytes``;
+                nothing was enqueued.
             TypeError: ``arg`` is not JSON-serializable.
         """
         body = json.dumps(arg, allow_nan=False)
+        if len(body) * 4 > self._max_body_bytes:  # a character is at most 4 bytes
+            size = len(body.encode("utf-8"))
+            if size > self._max_body_bytes:
+                raise BodyTooLargeError(size, self._max_body_bytes)
         if ttl is not None and not ttl > 0:
             raise ValueError(f"ttl must be a number of seconds above 0, got {ttl!r}")
         status, job_id, length = await self._engine.submit(
@@ -103,7 +110,11 @@ class Queue:
 
 @asynccontextmanager
 async def open_queue(
-    url: str, queue: str, *, max_backlog: int = DEFAULT_MAX_BACKLOG
+    url: str,
+    queue: str,
+    *,
+    max_backlog: int = DEFAULT_MAX_BACKLOG,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> AsyncIterator[Queue]:
     """Connect to ``queue`` on the Redis server at ``url``, as a producer.
 
@@ -113,8 +124,13 @@ async def open_queue(
         queue: the queue's name (the hosts' ``queue``).
         max_backlog: entries (waiting and running) past which
             :meth:`Queue.submit` raises :class:`QueueFullError`.
+        max_body_bytes: bytes of JSON past which :meth:`Queue.submit`
+            raises :class:`BodyTooLargeError` (default 1 MiB; keep it no
+            larger than the hosts' ``max_body_bytes``).
     """
     if max_backlog < 1:
         raise ValueError(f"max_backlog must be at least 1, got {max_backlog!r}")
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be at least 1, got {max_body_bytes!r}")
     async with open_engine(url, queue) as engine:
-        yield Queue(engine, max_backlog)
+        yield Queue(engine, max_backlog, max_body_bytes)

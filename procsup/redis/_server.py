@@ -29,7 +29,7 @@ from .._errors import (
     WorkerError,
 )
 from ._engine import ConnectionLost, Engine, Entry, RedisFailure, open_engine
-from ._errors import error_fields
+from ._errors import DEFAULT_MAX_BODY_BYTES, error_fields
 
 __all__ = ["COUNTERS", "ServeStatistics", "Server", "open_server"]
 
@@ -126,6 +126,7 @@ class Server:
         timeout: float | None,
         retry_on: tuple[type[BaseException], ...],
         drain_timeout: float,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._pool = pool
         self._fn = fn
@@ -135,6 +136,7 @@ class Server:
         self._timeout = timeout
         self._retry_on = retry_on
         self._drain_timeout = drain_timeout
+        self._max_body_bytes = max_body_bytes
         self._capacity, self._prewarmed, self._load_threshold = _pool_limits(pool)
         self._held: dict[str, _Job] = {}
         self._counts: Counter[str] = Counter()
@@ -317,6 +319,14 @@ class Server:
 
     async def _execute(self, job: _Job) -> _Outcome:
         entry = job.entry
+        if entry.body is not None and (size := len(entry.body.encode())) > self._max_body_bytes:
+            message = (
+                f"the body is {size:,} bytes, over this host's max_body_bytes "
+                f"{self._max_body_bytes:,}; it was not run"
+            )
+            return self._dead(
+                entry, error_fields("BodyTooLargeError", message, "input"), "too_large"
+            )
         try:
             arg = json.loads(entry.body) if entry.body is not None else _MISSING
         except ValueError as exc:
@@ -324,13 +334,7 @@ class Server:
         else:
             reason = "the entry has no body field"
         if arg is _MISSING:
-            error = error_fields("DecodeError", reason, "input")
-            return _Outcome(
-                "dead",
-                self._record(entry, error=error),
-                reason="decode_error",
-                error=json.dumps(error),
-            )
+            return self._dead(entry, error_fields("DecodeError", reason, "input"), "decode_error")
         if entry.expires_ms is not None and self._server_ms() > entry.expires_ms:
             self._counts["expired"] += 1
             error = error_fields(
@@ -366,10 +370,13 @@ class Server:
     def _retry(self, entry: Entry, exc: BaseException, reason: str) -> _Outcome:
         error = _fields(exc)
         if entry.deliveries >= self._max_deliveries:
-            return _Outcome(
-                "dead", self._record(entry, error=error), reason=reason, error=json.dumps(error)
-            )
+            return self._dead(entry, error, reason)
         return _Outcome("release", counted=True, error=json.dumps(error))
+
+    def _dead(self, entry: Entry, error: dict[str, Any], reason: str) -> _Outcome:
+        """To the dead-letter stream, never run (again): ``reason``, ``error``."""
+        record = self._record(entry, error=error)
+        return _Outcome("dead", record, reason=reason, error=json.dumps(error))
 
     def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, self._retry_on):
@@ -551,6 +558,7 @@ async def open_server(
     timeout: float | None = None,  # noqa: ASYNC109 -- the job's limit, pinned by issue 15
     retry_on: tuple[type[BaseException], ...] = (),
     drain_timeout: float = 300.0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> AsyncIterator[Server]:
     """Consume ``queue`` with ``pool``: each job calls ``fn`` with its argument.
 
@@ -575,6 +583,9 @@ async def open_server(
         retry_on: exception types after which a job runs again (counted)
             instead of failing; any other exception is the job's final result.
         drain_timeout: seconds :meth:`Server.drain` waits for running jobs.
+        max_body_bytes: an entry whose body is larger (bytes) goes to the
+            dead-letter stream (``too_large``) without running; producers
+            through :func:`open_queue` are refused before that. Default 1 MiB.
     """
     if not lease > 0 or math.isinf(lease):
         raise ValueError(f"lease must be a number of seconds above 0, got {lease!r}")
@@ -584,6 +595,8 @@ async def open_server(
         raise ValueError(f"timeout must be a number of seconds above 0 or None, got {timeout!r}")
     if drain_timeout < 0:
         raise ValueError(f"drain_timeout must be 0 or more seconds, got {drain_timeout!r}")
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be at least 1, got {max_body_bytes!r}")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {fn!r}")
     async with open_engine(url, queue, group=group, consumer=_consumer_name()) as engine:
@@ -610,6 +623,7 @@ async def open_server(
             timeout=timeout,
             retry_on=tuple(retry_on),
             drain_timeout=drain_timeout,
+            max_body_bytes=max_body_bytes,
         )
         server._server_offset_ms = await engine.server_time_ms() - trio.current_time() * 1000
         try:
