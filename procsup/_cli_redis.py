@@ -187,7 +187,7 @@ def _body_cap(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _count(text: str) -> int:
-    from ._cli import _positive_int
+    from ._cli_common import _positive_int
 
     return _positive_int(text)
 
@@ -390,7 +390,7 @@ def _cmd_queue(args: argparse.Namespace) -> int:
 
 def _queue_metrics(redis: Any, args: argparse.Namespace) -> int:
     """``queue status --metrics``: export the queue's figures until a signal."""
-    from ._cli import EXIT_USAGE, UsageError, _metrics_address, _serve_metrics
+    from ._cli_common import EXIT_USAGE, UsageError, _metrics_address, _serve_metrics
 
     try:
         address = _metrics_address(args.metrics)
