@@ -116,6 +116,23 @@ def test_later_jobs_of_a_function_are_not_looked_at_again() -> None:
     assert learned.field(10.0).split("\n") == ["3333", "learn_jobs"]
 
 
+@pytest.mark.parametrize(("importable", "learned"), [(True, ["__mp_main__"]), (False, [])])
+def test_main_jobs_are_learned_only_when_main_has_a_file(
+    importable: bool, learned: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job of ``python script.py`` is learned as the script (``__mp_main__``);
+    one of ``python -c``, a REPL or stdin has no file for a worker to import."""
+    monkeypatch.setattr("procsup._learn.main_importable", lambda: importable)
+
+    def job() -> None:
+        pass
+
+    job.__module__ = "__main__"
+    modules = LearnedModules()
+    modules.note(job, None)
+    assert modules.for_template() == learned
+
+
 @pytest.mark.parametrize(
     ("module", "why"),
     [
