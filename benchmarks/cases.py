@@ -46,6 +46,7 @@ W6_PEERS = {
     "mp_fork": "multiprocessing.Pool(1).apply, fork",
     "trio_parallel": "trio_parallel.run_sync, default context",
 }
+W8_ORDERS = {"unordered": "", "ordered": "_ordered"}  # pool.map's order: the case's suffix
 W8_PEERS = {
     "mp_fork": "multiprocessing.Pool(2).imap_unordered(chunksize=1), fork",
     "trio_parallel": "trio_parallel.run_sync, 2 callers, limiter of 2",
@@ -181,7 +182,8 @@ def all_cases() -> list[Case]:
         for peer in W6_PEERS:
             cases.append(Case(f"w6_{peer}_{kind}", "w6", _peer(f"w6_{peer}", kind)))
     cases.append(Case("w7_procsup", "w7", _procsup("w7_idle_workers"), 300.0))
-    cases.append(Case("w8_procsup", "w8", _procsup("w8_many_jobs"), 180.0))
+    for order, suffix in W8_ORDERS.items():
+        cases.append(Case(f"w8_procsup{suffix}", "w8", _procsup("w8_many_jobs", order), 180.0))
     for peer in W8_PEERS:
         cases.append(Case(f"w8_{peer}", "w8", _peer(f"w8_{peer}"), 180.0))
     run = _procsup("load_fairness", LOAD_TASKS, LOAD_JOBS, LOAD_POOL)

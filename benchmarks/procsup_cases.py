@@ -327,24 +327,16 @@ def w7_idle_workers(quick: bool) -> dict[str, Any]:
 W8_WORKERS = 2  # the concurrency of every W8 implementation
 
 
-def w8_many_jobs(quick: bool) -> dict[str, Any]:
-    """100,000 ``jobs.echo`` calls on 2 reusing workers, as fast as they go.
-
-    There is no ``pool.map`` yet: ``W8_WORKERS`` tasks of a nursery each call
-    ``pool.run`` in a loop (what a map over the pool would do)."""
+def w8_many_jobs(order: str, quick: bool) -> dict[str, Any]:
+    """100,000 ``jobs.echo`` calls on 2 reusing workers through ``pool.map``
+    (``order``: ``"unordered"``, as ``imap_unordered``, or ``"ordered"``)."""
     total = w8_total(quick)
     budget = JobBudget(total, w8_budget(quick))
     done = 0
-
-    async def caller(pool: procsup.Pool) -> None:
-        nonlocal done
-        while budget.take():
-            ticket = budget.issued
-            if await pool.run(jobs.echo, ticket) != ticket:
-                raise RuntimeError(f"job {ticket} came back with another answer")
-            done += 1
+    seen = 0
 
     async def main() -> dict[str, Any]:
+        nonlocal done, seen
         async with procsup.open_pool(
             idle=W8_WORKERS, max_workers=W8_WORKERS, max_jobs=None
         ) as pool:
@@ -352,11 +344,18 @@ def w8_many_jobs(quick: bool) -> dict[str, Any]:
             for _ in range(10):
                 await pool.run(jobs.echo, 0)
             start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for _ in range(W8_WORKERS):
-                    nursery.start_soon(caller, pool)
+            async with pool.map(
+                jobs.echo, range(total), max_in_flight=W8_WORKERS, ordered=order == "ordered"
+            ) as results:
+                async for value in results:
+                    if not budget.take():  # only the deadline refuses
+                        break
+                    seen += value
+                    done += 1
             elapsed = time.perf_counter() - start
             starts = pool.statistics().starts
+        if done == total and seen != total * (total - 1) // 2:
+            raise RuntimeError("pool.map's answers do not add up")
         return many_jobs_result(done, elapsed, budget, f"{starts} starts")
 
     return trio.run(main)

@@ -448,13 +448,43 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     channel.send(encode(Kind.READY, os.getpid()))
     done = 0
     while not max_jobs or done < max_jobs:
-        job = job_order(*_next_order(orders))
+        kind, fields = _next_order(orders)
+        if kind == Kind.BATCH:
+            done += _run_batch(channel, *fields)
+            continue
+        job = job_order(kind, fields)
         if job is None:
             return 0  # STOP
         _begin_job()
         _run_job(channel, *job)
         done += 1
     return 0
+
+
+def _run_batch(channel: _Channel, first_id: int, count: int, payload: bytes) -> int:
+    """A BATCH order: ``count`` jobs of one function, run one after another,
+    each answered as soon as it ends (the parent reads each result as it
+    comes; after a crash the start mark names the one that ran). After a
+    cancel request nothing more of it begins. Returns how many it began."""
+    failure: BaseException | None = None
+    try:
+        fn, items = _loads(payload)
+    except _Interrupted:
+        raise
+    except BaseException as exc:  # noqa: BLE001 -- the sender's code: every job's error
+        failure = exc
+    for index in range(count):
+        if _cancel_requested:
+            raise _Interrupted
+        job_id = first_id + index
+        if _start_mark is not None:
+            _start_mark[0] = job_id
+        if failure is not None:
+            channel.send(_error_frame(channel, job_id, failure))
+            continue
+        _begin_job()
+        _run_job(channel, job_id, items[index], fn)
+    return count
 
 
 def job_order(kind: int, fields: tuple[Any, ...]) -> tuple[int, Any] | None:
@@ -490,11 +520,18 @@ def _begin_job() -> None:
         raise _Interrupted
 
 
-def _run_job(channel: _Channel, job_id: int, payload: bytes) -> None:
+def _run_job(
+    channel: _Channel, job_id: int, payload: bytes, fn: Callable[..., Any] | None = None
+) -> None:
+    """Run one job: ``payload`` is its pickled ``(fn, args)``, or, with
+    ``fn`` given (a batch's), its one argument."""
     global _canceller
     try:
         try:
-            fn, args = _loads(payload)
+            if fn is None:
+                fn, args = _loads(payload)
+            else:
+                args = (_loads(payload),)
         except _Interrupted:
             raise
         except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too

@@ -1,18 +1,29 @@
 """``Pool.map``: one function over many inputs, in bounded memory.
 
+How it runs: ``max_in_flight`` *lanes* (tasks of the map's own nursery),
+each with one worker at a time, take inputs and send them to their worker:
+alone (a JOB, as :meth:`Pool.run` does), or several at once in a BATCH
+(:mod:`procsup._batch`), which the worker runs one after another and
+answers one by one. A lane's batches grow from one job (doubling) up to
+``MAX_BATCH`` jobs or ``BATCH_SECONDS`` of the jobs' measured time, so slow
+or few jobs go one or two at a time and trivial ones hundreds at a time.
+What a batch cannot carry goes alone: an input that pickles only with
+cloudpickle or holds a large buffer (shared memory), a function that does
+not pickle, a worker with a ``worker_loop`` or ``max_jobs=1``.
+
 How it stays bounded, by construction:
 
-* The feeder pulls the next input only once it holds a *window* token and a
-  *running* token: at most ``max_in_flight`` jobs run, and at most
-  ``window`` (twice that) inputs are between "pulled" and "yielded to the
-  caller". A 10-million-line generator is never read ahead of that.
-* A running token goes back when the job settles; a window token when its
-  result is handed to the caller. So finished results waiting for an earlier
-  one (ordered) or for a slow consumer (unordered) are at most ``window``.
-* Every job is a task of the map's own nursery, inside the caller's ``async
-  with``: leaving the block cancels the feeder and the jobs, and
-  :meth:`Pool.run`'s cancellation stops and reaps their workers before the
-  block is left.
+* At most ``max_in_flight`` jobs run at once (one per lane), and at most
+  ``read_ahead(max_in_flight)`` inputs are between "pulled" and "yielded to
+  the caller": a lane pulls only while there is room, so a 10-million-line
+  generator is never read further ahead than that, ordered or not.
+* A job that a worker never began (its process died first; the start mark
+  says so) goes back to the front of the inputs, uncounted, and runs on
+  another worker; a job it began is never run again.
+* Every lane is a task of the map's nursery, inside the caller's ``async
+  with``: leaving the block cancels the lanes, and the worker's cancellation
+  (as for :meth:`Pool.run`) stops and reaps their workers before the block
+  is left.
 """
 
 from __future__ import annotations
@@ -24,17 +35,33 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
+from ._batch import UNSTARTED, Batch, batch_payload, pickle_argument
+from ._child import has_large_buffer
 from ._cpus import available_cpus
+from ._errors import SerializationError
 from ._options import check_timeout
 from ._util import collapse_single_group
+from ._wire import max_payload
 
 if TYPE_CHECKING:
     from ._pool import Pool
+    from ._worker import Worker
 
-__all__ = ["MapResults", "open_map"]
+__all__ = ["MAX_BATCH", "MapResults", "open_map", "read_ahead"]
 
 T = TypeVar("T")
 _NOTHING: Any = object()
+
+MAX_BATCH = 256  # jobs in one BATCH at most
+BATCH_SECONDS = 0.02  # of measured job time in one batch at most (so a slow job goes alone)
+BATCH_BYTES = 1 << 20  # of pickled inputs in one batch at most
+_FRAME_ROOM = 64  # a BATCH frame's own bytes, and more
+
+
+def read_ahead(max_in_flight: int) -> int:
+    """The most inputs a map holds between "pulled" and "yielded": two
+    full batches for each job in flight."""
+    return 2 * MAX_BATCH * max_in_flight
 
 
 class MapResults(Generic[T]):
@@ -44,16 +71,16 @@ class MapResults(Generic[T]):
     input's index (counted from 0), which says which input an unordered
     result or a returned exception belongs to."""
 
-    def __init__(self, *, ordered: bool, window: int) -> None:
+    def __init__(self, *, ordered: bool) -> None:
         self._ordered = ordered
-        self.window = trio.Semaphore(window)  # a token per input pulled and not yet yielded
         # -- settled jobs not yet yielded: results (or, return_exceptions, errors)
         self._by_index: dict[int, Any] = {}  # ordered: waiting for earlier ones
         self._settled: collections.deque[tuple[int, Any]] = collections.deque()  # unordered
         self._next_index = 0  # ordered: the index to yield next
         # -- the end: set once each
         self._pulled: int | None = None  # inputs in all, once the iterable is exhausted
-        self._yielded = 0
+        self.yielded = 0
+        self.room: trio.Event | None = None  # a lane waits for yielded to grow: set then
         self._failure: BaseException | None = None  # the first error, when it ends the map
         self._stopped = False  # every job and the feeder are done (after a failure)
         self._changed = trio.Event()  # set (and renewed) at each change above
@@ -74,10 +101,12 @@ class MapResults(Generic[T]):
                 if self._stopped:
                     raise self._failure  # after every other job was cancelled and reaped
             elif (taken := self._take()) is not None:
-                self._yielded += 1
-                self.window.release()
+                self.yielded += 1
+                if self.room is not None:
+                    self.room.set()
+                    self.room = None
                 return taken
-            elif self._pulled is not None and self._yielded == self._pulled:
+            elif self._pulled is not None and self.yielded == self._pulled:
                 raise StopAsyncIteration
             await self._changed.wait()
 
@@ -140,54 +169,245 @@ async def open_map(
     elif max_in_flight < 1:
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
     check_timeout(timeout)
-    items = _aiter(iterable)
-    results: MapResults[Any] = MapResults(ordered=ordered, window=2 * max_in_flight)
-    running = trio.Semaphore(max_in_flight)  # a token per job not yet settled
-
-    async def job(index: int, item: Any, scope: trio.CancelScope) -> None:
-        try:
-            value = await pool.run(fn, item, timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 -- a job's error is its outcome
-            if not return_exceptions:
-                results.failed(exc)
-                scope.cancel()  # the rest: the feeder and every other job
-                return
-            results.settled(index, exc)
-        else:
-            results.settled(index, value)
-        finally:
-            running.release()
-
-    async def feed() -> None:
-        try:
-            async with trio.open_nursery() as jobs:
-                index = 0
-                while True:
-                    await results.window.acquire()
-                    await running.acquire()
-                    try:
-                        item = await anext(items)
-                    except StopAsyncIteration:
-                        results.exhausted(index)
-                        return
-                    except Exception as exc:  # noqa: BLE001 -- the iterable's own error ends the map
-                        results.failed(exc)
-                        jobs.cancel_scope.cancel()
-                        return
-                    jobs.start_soon(job, index, item, jobs.cancel_scope)
-                    index += 1
-        finally:
-            with trio.CancelScope(shield=True):
-                await _aclose(items)  # an async generator's own finally runs now
-            results.stopped()
-
+    results: MapResults[Any] = MapResults(ordered=ordered)
+    source = _Source(_aiter(iterable), results, read_ahead(max_in_flight))
     with collapse_single_group():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
+            run = _Run(pool, fn, timeout, return_exceptions, results, source)
+            nursery.start_soon(run.lanes, max_in_flight)
             try:
                 yield results
             finally:
                 nursery.cancel_scope.cancel()  # leaving early: stop what is in flight
+
+
+class _Source:
+    """The inputs as ``(index, item)``: those given back (never begun)
+    first, then the iterable's, pulled only while the read-ahead has room."""
+
+    def __init__(self, items: AsyncIterator[Any], results: MapResults[Any], limit: int) -> None:
+        self._items = items
+        self._sync = items._iterator if isinstance(items, _SyncItems) else None
+        self._lock = trio.Lock()  # an async iterable is advanced by one lane at a time
+        self._results = results
+        self._limit = limit
+        self._given_back: collections.deque[tuple[int, Any]] = collections.deque()
+        self.pulled = 0
+        self.exhausted = False  # the iterable ended, or raised
+
+    def give_back(self, items: list[tuple[int, Any]]) -> None:
+        """Inputs that never began: they go first (earliest first)."""
+        self._given_back.extendleft(reversed(items))
+        self._wake()
+
+    async def take(self, wanted: int) -> list[tuple[int, Any]]:
+        """Up to ``wanted`` inputs, at least one, waiting for room; [] at the end.
+
+        Raises:
+            Exception: what the iterable raised (it is then exhausted).
+        """
+        while True:
+            given = self._given_back
+            if given:
+                return [given.popleft() for _ in range(min(wanted, len(given)))]
+            if self.exhausted:
+                return []
+            room = self._limit - (self.pulled - self._results.yielded)
+            if room > 0:
+                return await self._pull(min(wanted, room))
+            if self._results.room is None:
+                self._results.room = trio.Event()
+            await self._results.room.wait()
+
+    def _wake(self) -> None:
+        if self._results.room is not None:
+            self._results.room.set()
+            self._results.room = None
+
+    async def _pull(self, count: int) -> list[tuple[int, Any]]:
+        taken: list[tuple[int, Any]] = []
+        try:
+            if self._sync is not None:
+                for item in self._sync:
+                    taken.append((self.pulled, item))
+                    self.pulled += 1
+                    if len(taken) == count:
+                        return taken
+            else:
+                async with self._lock:
+                    while len(taken) < count and not self.exhausted:
+                        item = await anext(self._items)
+                        taken.append((self.pulled, item))
+                        self.pulled += 1
+                    return taken
+        except StopAsyncIteration:
+            pass
+        except BaseException:
+            self.exhausted = True
+            raise
+        self.exhausted = True
+        self._results.exhausted(self.pulled)
+        return taken
+
+
+class _Pace:
+    """How large a lane's next batch is: twice its last one, up to
+    ``MAX_BATCH`` jobs and ``BATCH_SECONDS`` of the jobs' measured time."""
+
+    def __init__(self) -> None:
+        self.per_job = 0.0  # seconds a job takes, as its lane saw it (a moving average)
+
+    def next_size(self, last: int) -> int:
+        fit = int(BATCH_SECONDS / self.per_job) if self.per_job > 0 else MAX_BATCH
+        return max(1, min(MAX_BATCH, 2 * last, fit))
+
+    def measured(self, seconds: float, jobs: int) -> None:
+        if jobs:
+            sample = seconds / jobs
+            self.per_job = sample if self.per_job == 0 else 0.7 * self.per_job + 0.3 * sample
+
+
+class _Run:
+    """One map's lanes, and what they report."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        fn: Callable[[Any], Any],
+        timeout: float | None,
+        return_exceptions: bool,
+        results: MapResults[Any],
+        source: _Source,
+    ) -> None:
+        self._pool = pool
+        self._fn = fn
+        self._timeout = timeout
+        self._return_exceptions = return_exceptions
+        self._results = results
+        self._source = source
+        self._scope = trio.CancelScope()  # the lanes': cancelled by the first error
+        self._pace = _Pace()
+
+    async def lanes(self, count: int) -> None:
+        try:
+            with self._scope:
+                async with trio.open_nursery() as lanes:
+                    for _ in range(count):
+                        lanes.start_soon(self._lane)
+        finally:
+            with trio.CancelScope(shield=True):
+                await _aclose(self._source._items)  # an async generator's own finally runs now
+            self._results.stopped()
+
+    def _ended(self, index: int, value: Any, error: BaseException | None) -> None:
+        """Input ``index``'s job ended."""
+        if error is None:
+            self._results.settled(index, value)
+        elif self._return_exceptions:
+            self._results.settled(index, error)
+        else:
+            self._results.failed(error)
+            self._scope.cancel()  # the rest: every lane, and no more input
+
+    async def _lane(self) -> None:
+        from ._pool import _Budget
+
+        pool = self._pool
+        budget = None  # one for every worker the same inputs are offered to
+        size = 0
+        while True:
+            size = self._pace.next_size(size)
+            try:
+                taken = await self._source.take(size)
+            except Exception as exc:  # noqa: BLE001 -- the iterable's own error ends the map
+                self._results.failed(exc)
+                self._scope.cancel()
+                return
+            if not taken:
+                return
+            arguments = [pickle_argument(item) for _, item in taken] if len(taken) > 1 else []
+            if budget is None:
+                budget = _Budget(pool._options)
+            try:
+                member, worker = await pool._acquire(budget)
+            except Exception as exc:  # noqa: BLE001 -- PoolClosedError...: each input's error
+                for index, _ in taken:
+                    self._ended(index, None, exc)
+                budget = None
+                continue
+            began = trio.current_time()
+            try:
+                ran, unstarted = await self._run_on(worker, taken, arguments)
+            finally:
+                pool._release(member)
+            self._pace.measured(trio.current_time() - began, ran)
+            if ran:
+                budget = None
+            elif worker.jobs_done == 0:  # died before its first job: as Pool.run counts it
+                streak = pool._record.consecutive_failures
+                if streak >= pool._options.max_acquire_attempts:
+                    try:
+                        budget.failed(pool._record.last_error)
+                    except Exception as exc:  # noqa: BLE001 -- NoWorkerAvailableError: theirs
+                        for index, _ in unstarted:
+                            self._ended(index, None, exc)
+                        budget, unstarted = None, []
+            self._source.give_back(unstarted)
+
+    async def _run_on(
+        self, worker: Worker, taken: list[tuple[int, Any]], arguments: list[bytes | None]
+    ) -> tuple[int, list[tuple[int, Any]]]:
+        """Run ``taken`` (or its head: the rest goes back) on ``worker``.
+        Returns how many jobs began, and the inputs that never began."""
+        count = _batchable(worker, taken, arguments)
+        if count >= 2:
+            try:
+                payload = batch_payload(self._fn, arguments[:count])  # type: ignore[arg-type]
+            except SerializationError:
+                count = 1  # alone, the first gets Pool.run's own error
+            else:
+                if len(payload) + _FRAME_ROOM > max_payload(worker._options.max_message_bytes):
+                    count = 1
+        self._source.give_back(taken[count:])
+        if count == 1:
+            index, item = taken[0]
+            job = await worker._run(self._fn, (item,), self._timeout, True)
+            if job is None:
+                return 0, taken[:1]
+            self._ended(index, job.value, job.error)
+            return 1, []
+        batch_items = taken[:count]
+        unstarted: list[tuple[int, Any]] = []
+
+        def on_job(position: int, value: Any, error: BaseException | None) -> None:
+            if value is UNSTARTED:
+                unstarted.append(batch_items[position])
+            else:
+                self._ended(batch_items[position][0], value, error)
+
+        batch = Batch(payload, count, on_job)
+        if not await worker._run_batch(batch, self._timeout):
+            return 0, batch_items
+        return batch.jobs_begun(False), unstarted
+
+
+def _batchable(worker: Worker, taken: list[tuple[int, Any]], arguments: list[bytes | None]) -> int:
+    """How many of ``taken``, from the first, can go to ``worker`` in one batch."""
+    options = worker._options
+    if len(taken) < 2 or options.worker_loop is not None:
+        return 1
+    limit = len(taken)
+    if options.max_jobs is not None:
+        limit = min(limit, options.max_jobs - worker.jobs_done)
+    large = options.shm_min_bytes
+    size = 0
+    for count, ((_, item), data) in enumerate(zip(taken[:limit], arguments, strict=False)):
+        if data is None or (large and has_large_buffer(item, large)):
+            return max(count, 1)
+        size += len(data)
+        if size > BATCH_BYTES:
+            return max(count, 1)
+    return max(limit, 1)
 
 
 class _Indexed(Generic[T]):

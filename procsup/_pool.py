@@ -337,8 +337,11 @@ class Pool(metaclass=NoPublicConstructor):
         Args:
             max_in_flight: jobs running at once; ``None``: the pool's
                 ``max_workers``, or :func:`available_cpus` when it has no cap.
-                At most twice as many inputs are read ahead of the results
-                yielded, so memory stays constant however long the input.
+                At most ``512 * max_in_flight`` inputs (two batches of 256 per
+                job in flight) are read ahead of the results yielded, so
+                memory stays constant however long the input. Workers take
+                their inputs in batches (one order, the function pickled
+                once), each input still its own job: see :ref:`many-inputs`.
             ordered: yield results in input order (a result that finishes
                 early waits for the earlier ones); ``False``: as they complete.
             timeout: seconds each job may run, as in :meth:`run`.

@@ -48,9 +48,10 @@ class StartMark:
         """The descriptor the spawner passes on to the worker."""
         return self._fd
 
-    def began(self, job_id: int) -> bool:
-        """The worker took job ``job_id`` (its code may have run)."""
-        return self._read() == job_id
+    def last(self) -> int:
+        """The id of the last job the worker took (0: none). Job ids only
+        grow, so every job of this worker with a higher id never began."""
+        return self._read()
 
     def began_any(self) -> bool:
         """The worker took a job at some point."""

@@ -62,6 +62,7 @@ class Kind:
     STOP = 5
     JOB_SHM = 6
     SHM = 7
+    BATCH = 8
     # child -> parent
     READY = 20
     INIT_FAILED = 21
@@ -87,6 +88,9 @@ SCHEMAS: Final[dict[int, str]] = {
     # job id, parent pid, segment fd and name, buffer sizes, payload (see _shm)
     Kind.JOB_SHM: "iiisbb",
     Kind.SHM: "iiis",  # job id, parent pid, segment fd and name: the answer to ALLOC
+    # first job id, count, payload: (fn, [each item's pickled argument]); the
+    # worker runs and answers them one by one, as jobs first id, first id + 1, ...
+    Kind.BATCH: "iib",
     Kind.CANCEL: "i",  # job id
     Kind.PING: "f",  # the parent's clock, echoed back
     Kind.STOP: "",
@@ -103,11 +107,11 @@ SCHEMAS: Final[dict[int, str]] = {
     Kind.RETIRE: "s",  # why the worker asks to be stopped (a background task failed)
 }
 
-# The parent writes INIT, JOB (JOB_SHM, SHM) and STOP on the jobs socket, which the worker's
+# The parent writes INIT, JOB (JOB_SHM, SHM, BATCH) and STOP on the jobs socket, which the worker's
 # main thread reads itself, and PING and CANCEL on the control socket, which a
 # thread reads even while a job holds the main thread. The worker writes
 # everything on the jobs socket.
-TO_MAIN: Final = frozenset({Kind.INIT, Kind.JOB, Kind.JOB_SHM, Kind.SHM, Kind.STOP})
+TO_MAIN: Final = frozenset({Kind.INIT, Kind.JOB, Kind.JOB_SHM, Kind.SHM, Kind.BATCH, Kind.STOP})
 TO_CONTROL: Final = frozenset({Kind.PING, Kind.CANCEL})
 FROM_PARENT: Final = TO_MAIN | TO_CONTROL
 FROM_CHILD: Final = frozenset(SCHEMAS) - FROM_PARENT

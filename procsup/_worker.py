@@ -21,12 +21,13 @@ and :attr:`Worker.phase` says ``"exited"``. A start that fails is killed in
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import trio
 from tricycle import open_service_nursery
@@ -58,6 +59,9 @@ from ._startmark import StartMark
 from ._startup import EnvOption, startup_fields
 from ._util import NoPublicConstructor, collapse_single_group
 from ._wire import Kind
+
+if TYPE_CHECKING:
+    from ._batch import Batch
 
 __all__ = ["Worker", "WorkerEvents", "open_worker", "supervise"]
 
@@ -331,10 +335,8 @@ class Worker(metaclass=NoPublicConstructor):
     ) -> _Job | None:
         if self._job_ended is not None:  # a job its caller left runs on: wait for its end
             await self._job_ended.wait()
-        if not self.accepting_jobs:
-            if self._died_idle():
-                return None
-            self._refuse_job()
+        if not self._can_take_job():
+            return None
         job = _Job(next(_job_ids))
         frame = self._shm.job_frame(job.id, fn, args)
         payload = None
@@ -343,6 +345,24 @@ class Worker(metaclass=NoPublicConstructor):
             frame = _wire.encode(Kind.JOB, job.id, payload)
         if self._learned is not None:
             self._learned.note(fn, payload)
+        return await self._send_job(job, frame, timeout, kill_on_cancel)
+
+    def _can_take_job(self) -> bool:
+        """False: the worker died idle (the job may go elsewhere); raises
+        the refusal when it takes no jobs for another reason."""
+        if not self.accepting_jobs:
+            if self._died_idle():
+                return False
+            self._refuse_job()
+        return True
+
+    async def _send_job(
+        self,
+        job: _Job,
+        frame: bytes,
+        timeout: float | None,  # noqa: ASYNC109 -- see _run
+        kill_on_cancel: bool,
+    ) -> _Job | None:
         try:
             self._channel.send_nowait(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -373,6 +393,42 @@ class Worker(metaclass=NoPublicConstructor):
             await self._recycle_if_over(self._options.recycle_above_mb)
         self._job_over(job)
         return None if self._unstarted else job
+
+    async def _run_batch(self, batch: Batch, timeout: float | None) -> bool:  # noqa: ASYNC109
+        """Run a :class:`procsup._batch.Batch` (jobs of one function in one
+        BATCH order; each reports its own end). False: the worker died idle
+        before it was sent (nothing ran). Each job gets ``timeout`` and the
+        events of a job; cancellation as for :meth:`run`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._can_take_job():
+            return False
+        first = next(_job_ids)
+        frame = batch.start(first, self._batch_job_over)
+        collections.deque(itertools.islice(_job_ids, batch.count - 1), maxlen=0)  # its ids
+        events = self._events
+        if events is not None:
+            events("job_started", self.pid, None)
+        try:
+            await self._send_job(batch, frame, timeout, True)
+        except BaseException as exc:
+            if events is not None:
+                events("job_finished", self.pid, exc)
+            raise
+        return True
+
+    def _batch_job_over(self, job: _Job, error: BaseException | None, next_begins: bool) -> None:
+        """A job of the running batch ended: its events, and the next one's timeout."""
+        events = self._events
+        if events is not None:
+            events("job_finished", self.pid, error)
+            if job.answered:
+                events("job_completed", self.pid, None)
+            if next_begins:
+                events("job_started", self.pid, None)
+        if next_begins:
+            self._shm.release()  # the result's segment, if it had one
+            if job.timeout != math.inf:
+                self._timer.arm("job", trio.current_time() + job.timeout)
 
     async def _recycle_if_over(self, limit_mb: float) -> None:
         """After a job, before its result is returned: retire the worker
@@ -405,7 +461,7 @@ class Worker(metaclass=NoPublicConstructor):
         self._timer.disarm("job")
         self._shm.release()
         self._job = None
-        self._jobs_done += not self._unstarted
+        self._jobs_done += job.jobs_begun(self._unstarted)
         self._end_job()
         if job.orphaned:
             ended, self._job_ended = self._job_ended, None
@@ -549,8 +605,7 @@ class Worker(metaclass=NoPublicConstructor):
         another" of :meth:`_run`."""
         job = self._job
         if job is not None and not job.settled:
-            self._unstarted = not self._mark.began(job.id)
-            job.fail(self._refusal() if self._unstarted else self._caller_error())
+            self._unstarted = job.lost(self._mark.last(), self._unstarted_error, self._caller_error)
         if job is not None and job.orphaned:
             self._job_over(job)
         self._init_settled.set()
@@ -716,10 +771,10 @@ class Worker(metaclass=NoPublicConstructor):
     def _dispatch(self, kind: int, fields: tuple[Any, ...]) -> None:
         if kind in _JOB_ANSWERS:
             job = self._job
+            if job is not None and job.expired:
+                return  # timed out (or a batch's job that followed it): the exit settles it
             if job is None or job.settled or fields[0] != job.id:
                 raise _wire.FrameError(f"{_wire.NAMES[kind]} for a job that is not running")
-            if job.expired:
-                return  # timed out: the exit settles it
             self._settle_job(job, kind, fields)
             if job.orphaned:
                 self._job_over(job)
@@ -974,6 +1029,25 @@ class _Job:
     def fail(self, error: BaseException) -> None:
         self.error = error
         self._settle()
+
+    def lost(
+        self,
+        last_begun: int,
+        unstarted_error: Callable[[], BaseException],
+        caller_error: Callable[[], BaseException],
+    ) -> bool:
+        """The process ended before answering; ``last_begun`` is the id in
+        its start mark. Settle with the error of a job it began, or of one it
+        never began (True: it may run elsewhere)."""
+        if last_begun >= self.id:  # ids only grow: it took this one, or a later one
+            self.fail(caller_error())
+            return False
+        self.fail(unstarted_error())
+        return True
+
+    def jobs_begun(self, unstarted: bool) -> int:
+        """How many jobs the worker began for this one (a batch: several)."""
+        return 0 if unstarted else 1
 
     def unwrap(self) -> Any:
         """The value, or raise the error."""

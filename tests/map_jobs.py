@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -26,3 +27,29 @@ def slow_on_zero(x: int) -> int:
     if x == 0:
         time.sleep(0.5)
     return x
+
+
+def logged(arg: tuple[str, int, str]) -> int:
+    """``(log directory, x, action)``: note ``x`` in this worker's log file
+    (one a line, before acting), then act: ``""`` returns ``x``, ``"crash"``
+    exits the process, ``"raise"`` raises ValueError, ``"sleep:S"`` sleeps S
+    seconds first. The logs say which inputs ran, where, and how often."""
+    log_dir, x, action = arg
+    with open(os.path.join(log_dir, str(os.getpid())), "a") as log:
+        log.write(f"{x}\n")
+    if action == "crash":
+        os._exit(3)
+    if action == "raise":
+        raise ValueError(f"input {x} raises")
+    if action.startswith("sleep:"):
+        time.sleep(float(action.removeprefix("sleep:")))
+    return x
+
+
+def ran(log_dir: str) -> dict[int, list[int]]:
+    """What :func:`logged` wrote: the inputs each worker pid ran, in order."""
+    runs = {}
+    for name in os.listdir(log_dir):
+        with open(os.path.join(log_dir, name)) as log:
+            runs[int(name)] = [int(line) for line in log.read().split()]
+    return runs

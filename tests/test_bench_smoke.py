@@ -48,7 +48,7 @@ def test_quick_issue14_cases_run(tmp_path: Path) -> None:
         "| W6 bytes payload round trip (counted both ways), procsup pool.run",
         "| W7 idle workers: open until warm",
         "| W7 idle workers: parent CPU while idle",
-        "| W8 100,000 trivial jobs on 2 reusing workers, procsup (2 pool.run callers)",
+        "| W8 100,000 trivial jobs on 2 reusing workers, procsup pool.map(ordered=False)",
     ):
         assert measurement in rows, lines
         assert " n/a: " not in rows[measurement]

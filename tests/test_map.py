@@ -11,9 +11,10 @@ import psutil
 import pytest
 import trio
 import trio.lowlevel
-from map_jobs import fail_on_three, sleep_then_return, slow_on_zero, square
+from map_jobs import fail_on_three, logged, ran, sleep_then_return, slow_on_zero, square
 
 import procsup
+from procsup._map import MAX_BATCH, read_ahead
 
 
 async def collect(results: AsyncIterator[Any]) -> list[Any]:
@@ -71,7 +72,7 @@ async def test_the_first_error_cancels_the_rest_and_is_raised() -> None:
     pulled = []
 
     def inputs() -> Iterator[int]:
-        for i in range(1000):
+        for i in range(100_000):
             pulled.append(i)
             yield i
 
@@ -87,7 +88,9 @@ async def test_the_first_error_cancels_the_rest_and_is_raised() -> None:
             await consume()
         assert got == list(range(len(got)))
         assert len(got) <= 3
-        assert len(pulled) < 20  # it stopped reading
+        # it stopped reading: ordered, nothing past input 3 is yielded, so at
+        # most the read-ahead (two full batches per job in flight) was pulled
+        assert len(pulled) <= 3 + read_ahead(2)
         stats = pool.statistics()
         assert stats.busy == 0
         assert await pool.run(square, 3) == 9  # the pool serves on
@@ -143,7 +146,8 @@ async def test_the_iterable_is_read_lazily() -> None:
         seen = 0
         async for _ in results:
             seen += 1
-            assert pulled <= seen + 2 * 2  # the window: twice max_in_flight
+            assert read_ahead(2) == 4 * MAX_BATCH
+            assert pulled <= seen + read_ahead(2)  # two full batches per job in flight
             if seen == 50:
                 break
 
@@ -209,3 +213,102 @@ async def test_100_000_inputs_keep_the_parents_memory_flat() -> None:
     print(f"parent RSS growth from input {checkpoint} to {total}: {growth_mib:.1f} MiB")
     assert seen == total
     assert growth_mib < 20
+
+
+# -- batches: many inputs go to a worker in one order, each still its own job ------
+
+
+def run_log(tmp_path: Any, actions: dict[int, str], count: int) -> list[tuple[str, int, str]]:
+    """Inputs for map_jobs.logged: ``count`` of them, ``actions`` by index."""
+    return [(str(tmp_path), x, actions.get(x, "")) for x in range(count)]
+
+
+async def test_batched_results_keep_their_order_and_each_input_runs_once(tmp_path: Any) -> None:
+    count = 3000
+    async with procsup.open_pool(idle=2, max_workers=2, max_jobs=None) as pool:
+        async with pool.map(logged, run_log(tmp_path, {}, count)) as results:
+            assert await collect(results) == list(range(count))
+        async with pool.map(square, range(count), ordered=False) as results:
+            assert sorted(await collect(results)) == [x * x for x in range(count)]
+    runs = sorted(x for xs in ran(str(tmp_path)).values() for x in xs)
+    assert runs == list(range(count))
+
+
+async def test_a_crash_mid_batch_fails_only_the_job_it_was_running(tmp_path: Any) -> None:
+    """Input 1500 exits its worker: it alone gets the crash; the inputs of
+    its batch that had not begun run on another worker; none runs twice."""
+    count, fatal = 3000, 1500
+    async with procsup.open_pool(idle=2, max_workers=2, max_jobs=None) as pool:
+        await pool.wait_warm()
+        inputs = run_log(tmp_path, {fatal: "crash"}, count)
+        async with pool.map(logged, inputs, ordered=False, return_exceptions=True) as results:
+            got = {index: value async for index, value in results.indexed()}
+        assert await pool.run(square, 5) == 25  # the pool serves on
+    assert sorted(got) == list(range(count))
+    errors = {index: value for index, value in got.items() if isinstance(value, BaseException)}
+    assert list(errors) == [fatal]
+    assert isinstance(errors[fatal], procsup.WorkerCrashedError)
+    assert errors[fatal].phase == "job"
+    assert all(got[x] == x for x in range(count) if x != fatal)
+    logs = ran(str(tmp_path))
+    assert sorted(x for xs in logs.values() for x in xs) == list(range(count))  # once each
+    crashed = next(pid for pid, xs in logs.items() if fatal in xs)
+    assert logs[crashed][-1] == fatal  # what it ran last
+
+
+async def test_a_timeout_inside_a_batch_is_that_jobs_own(tmp_path: Any) -> None:
+    count, slow = 1500, 700
+    async with procsup.open_pool(idle=2, max_workers=2, max_jobs=None, cancel_grace=0.2) as pool:
+        await pool.wait_warm()
+        inputs = run_log(tmp_path, {slow: "sleep:30"}, count)
+        with trio.fail_after(20):  # not the 30 s job's end
+            async with pool.map(
+                logged, inputs, ordered=False, timeout=2.0, return_exceptions=True
+            ) as results:
+                got = {index: value async for index, value in results.indexed()}
+    errors = {index: value for index, value in got.items() if isinstance(value, BaseException)}
+    assert list(errors) == [slow]
+    assert isinstance(errors[slow], procsup.JobTimeoutError)
+    assert errors[slow].timeout == 2.0
+    assert all(got[x] == x for x in range(count) if x != slow)
+    assert sorted(x for xs in ran(str(tmp_path)).values() for x in xs) == list(range(count))
+
+
+async def test_errors_inside_batches_are_each_inputs_own(tmp_path: Any) -> None:
+    count = 2000
+    failing = set(range(5, count, 7))
+    inputs = run_log(tmp_path, dict.fromkeys(failing, "raise"), count)
+    async with (
+        procsup.open_pool(idle=2, max_workers=2, max_jobs=None) as pool,
+        pool.map(logged, inputs, return_exceptions=True) as results,
+    ):
+        got = await collect(results)
+    for x, value in enumerate(got):
+        if x in failing:
+            assert isinstance(value, ValueError)
+            assert str(value) == f"input {x} raises"
+        else:
+            assert value == x
+    assert sorted(x for xs in ran(str(tmp_path)).values() for x in xs) == list(range(count))
+
+
+async def test_leaving_mid_batch_stops_its_workers_and_nothing_else_runs(tmp_path: Any) -> None:
+    count, slow = 5000, 1200
+    async with procsup.open_pool(idle=2, max_workers=2, max_jobs=None, cancel_grace=0.2) as pool:
+        await pool.wait_warm()
+        inputs = run_log(tmp_path, {slow: "sleep:30"}, count)
+        with trio.fail_after(10):
+            with trio.move_on_after(2.0) as waited:  # the slow input is running by then
+                async with pool.map(logged, inputs, ordered=False) as results:
+                    async for _ in results:
+                        pass
+            assert waited.cancelled_caught
+            assert pool.statistics().busy == 0
+            assert await pool.run(square, 6) == 36
+        ran_before = ran(str(tmp_path))
+        await trio.sleep(0.3)
+        assert ran(str(tmp_path)) == ran_before  # nothing began after the block was left
+    runs = sorted(x for xs in ran_before.values() for x in xs)
+    assert slow in runs
+    assert len(runs) == len(set(runs)) < count
+    # (the autouse guard fails the test if a process or descriptor is left)
