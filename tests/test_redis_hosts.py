@@ -508,6 +508,8 @@ async def test_serve_metrics_show_the_pool_the_host_and_the_queue(
     assert completed == [3]
     assert [v for (name, _), v in samples.items() if name == "procsup_serve_capacity"] == [2]
     assert samples[("procsup_queue_backlog", (("queue", "q"),))] == 0
+    runs = [v for (name, _), v in samples.items() if name == "procsup_serve_run_seconds_count"]
+    assert runs == [3]
 
 
 async def test_queue_status_serves_the_queue_metrics_until_stopped(

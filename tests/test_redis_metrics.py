@@ -125,3 +125,34 @@ async def test_one_registry_exports_a_queue_once(redis_server: Any) -> None:
         nursery.cancel_scope.cancel()
     with pytest.raises(ValueError, match="interval"):
         await serve_queue_metrics(redis_server.url, "q", interval=0, registry=registry)
+
+
+async def test_host_histograms_time_the_queue_wait_and_the_run(
+    redis_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from procsup.redis._exporter import export_host
+
+    monkeypatch.setenv("PROCSUP_TEST_LOG", str(tmp_path / "executions.log"))
+    async with http_registry() as (registry, url), open_queue(redis_server.url, "q") as q:
+        jobs = [await q.submit({"sleep": 0.2, "value": i}) for i in range(3)]
+        await trio.sleep(0.5)  # they wait in the queue at least this long
+        async with (
+            procsup.open_pool(idle=2, max_workers=2) as pool,
+            open_server(
+                pool, redis_jobs.work, url=redis_server.url, queue="q", lease=2.0
+            ) as server,
+        ):
+            export_host(server, registry)
+            assert [await q.result(j, timeout=20) for j in jobs] == [0, 1, 2]
+            host = (("consumer", server.consumer),)
+            done = ("procsup_serve_end_to_end_seconds_count", host)
+            samples = await scraped_until(url, lambda s: s.get(done) == 3)
+
+    def figure(name: str) -> float:
+        return samples[(f"procsup_serve_{name}", host)]
+
+    assert figure("run_seconds_count") == figure("queue_wait_seconds_count") == 3
+    assert figure("run_seconds_sum") >= 3 * 0.2  # each job sleeps 0.2 s in its worker
+    assert figure("queue_wait_seconds_sum") >= 3 * 0.5 - 0.1  # server vs host clock: slack
+    assert figure("end_to_end_seconds_sum") >= figure("queue_wait_seconds_sum")
+    assert figure("completed_total") == 3

@@ -174,11 +174,32 @@ def _collector_for(registry: CollectorRegistry) -> _QueuesCollector:
     return collector
 
 
+_HISTOGRAMS = {
+    "queue_wait": "From a job's enqueue (its entry's, by the server's clock) to a worker "
+    "taking it on this host.",
+    "run": "From a worker taking a job on this host to its outcome.",
+    "end_to_end": "From a job's enqueue to its result being published by this host.",
+}
+
+
 def export_host(server: Server, registry: CollectorRegistry | None = None) -> None:
-    """Export ``server``'s figures (``procsup_serve_*``) from ``registry``
-    (default: the global ``REGISTRY``); call it in the server's trio run. A
-    scrape reads :meth:`Server.statistics` in that run (no Redis call)."""
-    from prometheus_client import REGISTRY
+    """Export ``server``'s figures (``procsup_serve_*``, and the histograms
+    ``procsup_serve_queue_wait_seconds``, ``_run_seconds`` and
+    ``_end_to_end_seconds``) from ``registry`` (default: the global
+    ``REGISTRY``); call it in the server's trio run. A scrape reads
+    :meth:`Server.statistics` in that run (no Redis call)."""
+    from prometheus_client import REGISTRY, Histogram
+
+    from ..metrics import BUCKETS
+
+    histograms = {
+        name: Histogram(
+            f"procsup_serve_{name}_seconds", what, ["consumer"], registry=None, buckets=BUCKETS
+        )
+        for name, what in _HISTOGRAMS.items()
+    }
+    timers = {name: h.labels(consumer=server.consumer) for name, h in histograms.items()}
+    server._timings.append(lambda name, seconds: timers[name].observe(seconds))
 
     token = trio.lowlevel.current_trio_token()
     trio_thread = threading.get_ident()
@@ -194,5 +215,7 @@ def export_host(server: Server, registry: CollectorRegistry | None = None) -> No
                     return
             counters = [f"procsup_serve_{name}" for name in COUNTERS]
             yield from families(metric_samples(stats), counters)
+            for histogram in histograms.values():
+                yield from histogram.collect()
 
     (REGISTRY if registry is None else registry).register(HostCollector())

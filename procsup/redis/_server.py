@@ -92,6 +92,7 @@ class _Job:
         self.entry = entry
         self.scope = trio.CancelScope()
         self.started = False  # a worker was acquired for it
+        self.started_at: float | None = None  # trio time the (last) worker was acquired
         self.lost = False
 
 
@@ -151,6 +152,9 @@ class Server:
         self._started = trio.current_time()
         self._rng = random.Random()
         self._jobs: trio.Nursery | None = None
+        # called with (name, seconds) for queue_wait, run and end_to_end:
+        # an exporter's histograms (export_host); empty, nothing is timed
+        self._timings: list[Callable[[str, float], None]] = []
 
     # -- public --------------------------------------------------------------
 
@@ -359,6 +363,8 @@ class Server:
             if self._retryable(exc):
                 return self._retry(entry, exc, "retries_exhausted")
             return self._final(entry, error=_fields(exc))
+        finally:
+            self._time_run(job)
         try:
             return self._final(entry, result=value)
         except (TypeError, ValueError) as exc:
@@ -424,10 +430,23 @@ class Server:
         elif outcome.action == "complete":
             self._counts["completed"] += 1
             self._counts["failed"] += outcome.failed
+            self._time("end_to_end", (self._server_ms() - _enqueued_ms(entry)) / 1000)
         elif outcome.action == "release":
             self._counts["released"] += 1
         else:
             self._counts["dead_lettered"] += 1
+
+    def _time_run(self, job: _Job) -> None:
+        """Time the job's wait in the queue (from its entry's enqueue, by the
+        server's clock, to its worker) and its run (worker to outcome)."""
+        if job.started_at is not None and self._timings:
+            started_ms = job.started_at * 1000 + self._server_offset_ms
+            self._time("queue_wait", (started_ms - _enqueued_ms(job.entry)) / 1000)
+            self._time("run", trio.current_time() - job.started_at)
+
+    def _time(self, name: str, seconds: float) -> None:
+        for observe in self._timings:
+            observe(name, max(0.0, seconds))
 
     async def _hand_back_pending(self) -> None:
         """Hand back, uncounted, what the server says this host holds and it
@@ -504,6 +523,11 @@ class Server:
 _MISSING = object()
 
 
+def _enqueued_ms(entry: Entry) -> int:
+    """When the entry was added, in server ms (its stream id's first part)."""
+    return int(entry.entry.split("-", 1)[0])
+
+
 def _fields(exc: BaseException) -> dict[str, Any]:
     from .._cli_common import error_fields as fields_of_exception
 
@@ -532,7 +556,7 @@ async def _run_in_pool(
     has a worker, and unmarked if that worker died before it was sent."""
     while True:
         async with pool.acquire() as worker:
-            job.started = True
+            job.started, job.started_at = True, trio.current_time()
             try:
                 return await worker.run(fn, arg, timeout=job_timeout)
             except WorkerCrashedError as exc:
