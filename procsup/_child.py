@@ -27,6 +27,24 @@ import sys
 from _collections import deque  # type: ignore[import-not-found,unused-ignore]
 from _queue import SimpleQueue
 
+from . import _child_core, _child_jobs
+from ._child_core import (
+    _FIELD_LENGTH,
+    _MAX_NAME,
+    _NO_STATE,
+    _begin_job,
+    _call,
+    _cut,
+    _describe,
+    _initializer,
+    _Interrupted,
+    _next_order,
+    _orphaned,
+    _request_cancel,
+    _share,
+    _utf8,
+)
+from ._child_jobs import _map_start_mark, _run_batch, _run_job, job_order
 from ._wire import (
     HEADER,
     MAX_BODY,
@@ -35,17 +53,14 @@ from ._wire import (
     Kind,
     decode_body,
     encode,
-    max_payload,
     parse_header,
 )
 
 TYPE_CHECKING = False  # not typing's: importing typing would cost every worker's start
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
-    from typing import Any, NoReturn, TypeGuard
+    from typing import Any, NoReturn
 
 __all__ = [
-    "has_large_buffer",
     "importing_parent_main",
     "in_worker",
     "main",
@@ -58,12 +73,7 @@ _MAX_PENDING_LOGS = 10_000
 # One page: a forked worker pays a page fault for each page it touches, and
 # most frames are small (larger ones are read straight into their own bytes).
 _LANDING_BYTES = 4096
-_NO_STATE = object()
-_state: object = _NO_STATE
 _slot: int | None = None  # set from INIT
-_canceller: Callable[[int], None] | None = None  # called with the id of the job to stop
-_cancel_requested = False
-_shm_min_bytes = 0  # from INIT: a result's buffers this large go through shared memory (0: never)
 
 
 def worker_state() -> Any:
@@ -73,12 +83,13 @@ def worker_state() -> Any:
         RuntimeError: when called outside a worker, or before its
             initializer has returned.
     """
-    if _state is _NO_STATE:
+    state = _child_core._state
+    if state is _NO_STATE:
         raise RuntimeError(
             "procsup.worker_state() is only available inside a worker process, "
             "after its initializer has returned"
         )
-    return _state
+    return state
 
 
 def worker_slot() -> int:
@@ -99,10 +110,6 @@ def in_worker() -> bool:
     """True inside a procsup worker process, and in a fork server's template
     while it imports a pool's job modules for the workers it forks."""
     return _channel is not None or importing_for_workers
-
-
-class _Interrupted(BaseException):
-    """Raised in the main thread to stop a job (cancel request or SIGTERM)."""
 
 
 class _Channel:
@@ -268,9 +275,6 @@ class _FrameReader:
 
 _channel: _Channel | None = None
 importing_for_workers = False  # set by a fork server's template (procsup._forkserver_child)
-_start_mark: Any = None  # the shared word the parent reads: the last job taken (procsup._startmark)
-_orders: _FrameReader | None = None  # the jobs socket's frames, read by the main thread
-_main_thread = 0
 
 
 def main(fd: int, control_fd: int, parent_main: str = "", mark_fd: int = -1) -> NoReturn:
@@ -296,16 +300,14 @@ def run(fd: int, control_fd: int, parent_main: str = "", mark_fd: int = -1) -> i
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _channel = channel = _Channel(fd)
-    global _main_thread
-    _main_thread = _thread.get_ident()
+    _child_core._main_thread = _thread.get_ident()
     _thread.start_new_thread(_control_forever, (channel, control_fd))
     _watch_logging_import()
-    global _orders
-    _orders = orders = _FrameReader(fd, TO_MAIN, channel)
+    _child_jobs._orders = orders = _FrameReader(fd, TO_MAIN, channel)
     try:
         code = _serve(channel, orders)
     except _Interrupted:
-        code = 0 if _cancel_requested else 128 + signal.SIGTERM
+        code = 0 if _child_core._cancel_requested else 128 + signal.SIGTERM
     finally:  # records logged just before exit (even sys.exit in a job) still go out
         capture = sys.modules.get("procsup._capture")
         if capture is not None:  # and what it printed
@@ -421,11 +423,11 @@ def _import_learned(field: str) -> str:
 
 
 def _serve(channel: _Channel, orders: _FrameReader) -> int:
-    global _state, _shm_min_bytes
     kind, fields = _next_order(orders)
     if kind != Kind.INIT:
         return 0
-    payload, max_jobs, log_level, max_frame, _shm_min_bytes, worker_loop, learned, *startup = fields
+    payload, max_jobs, log_level, max_frame, shm_min_bytes, worker_loop, learned, *startup = fields
+    _child_jobs._shm_min_bytes = shm_min_bytes
     channel.max_frame = max_frame
     _start_up(channel, *startup)
     _set_log_level(log_level)
@@ -441,7 +443,7 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     except BaseException as exc:  # noqa: BLE001 -- SystemExit in an initializer is a failure too
         channel.send(encode(Kind.INIT_FAILED, *_describe(exc, room=max_frame)))
         return 1
-    _state = state
+    _child_core._state = state
     failed = _import_learned(learned)
     if failed:
         channel.send(encode(Kind.IMPORT_FAILED, failed))
@@ -461,348 +463,6 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     return 0
 
 
-def _run_batch(channel: _Channel, first_id: int, count: int, payload: bytes) -> int:
-    """A BATCH order: ``count`` jobs of one function, run one after another,
-    each answered as soon as it ends (the parent reads each result as it
-    comes; after a crash the start mark names the one that ran). After a
-    cancel request nothing more of it begins. Returns how many it began."""
-    failure: BaseException | None = None
-    try:
-        fn, items = _loads(payload)
-    except _Interrupted:
-        raise
-    except BaseException as exc:  # noqa: BLE001 -- the sender's code: every job's error
-        failure = exc
-    for index in range(count):
-        if _cancel_requested:
-            raise _Interrupted
-        job_id = first_id + index
-        if _start_mark is not None:
-            _start_mark[0] = job_id
-        if failure is not None:
-            channel.send(_error_frame(channel, job_id, failure))
-            continue
-        _begin_job()
-        _run_job(channel, job_id, items[index], fn)
-    return count
-
-
-def job_order(kind: int, fields: tuple[Any, ...]) -> tuple[int, Any] | None:
-    """A JOB or JOB_SHM order as (job id, payload or its loader); None for
-    STOP. The job is ours from here on: its id goes into the start mark, and
-    the parent may no longer run it elsewhere."""
-    if kind not in (Kind.JOB, Kind.JOB_SHM):
-        return None
-    if _start_mark is not None:
-        _start_mark[0] = fields[0]
-    if kind == Kind.JOB_SHM:  # large buffers in shared memory
-        from . import _shm
-
-        return fields[0], _shm.job_loader(*fields[1:])
-    return fields[0], fields[1]
-
-
-def _map_start_mark(fd: int) -> None:
-    global _start_mark
-    import mmap
-
-    _start_mark = memoryview(mmap.mmap(fd, 8)).cast("q")
-    os.close(fd)
-
-
-def _begin_job() -> None:
-    """From here a cancellation interrupts the job; one that came first
-    (the control thread sets the flag, then reads the canceller: one of the
-    two sees the other) stops it before any of its code runs."""
-    global _canceller
-    _canceller = _interrupt_main
-    if _cancel_requested:
-        raise _Interrupted
-
-
-def _run_job(
-    channel: _Channel, job_id: int, payload: bytes, fn: Callable[..., Any] | None = None
-) -> None:
-    """Run one job: ``payload`` is its pickled ``(fn, args)``, or, with
-    ``fn`` given (a batch's), its one argument."""
-    global _canceller
-    try:
-        try:
-            if fn is None:
-                fn, args = _loads(payload)
-            else:
-                args = (_loads(payload),)
-        except _Interrupted:
-            raise
-        except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
-            _canceller = None
-            channel.send(_error_frame(channel, job_id, exc))
-            return
-        try:
-            result = _call(fn, *args)
-        finally:
-            _canceller = None
-    except (_Interrupted, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 -- the job's error goes to its caller
-        channel.send(_error_frame(channel, job_id, exc))
-        return
-    channel.send(_result_frame(channel, job_id, result))
-
-
-def _result_frame(channel: _Channel, job_id: int, result: object) -> bytes:
-    import pickle
-
-    if _shm_min_bytes and has_large_buffer(result, _shm_min_bytes, depth=1):
-        from . import _shm
-
-        frame = _shm.result_frame(
-            channel.send, _next_main_order, job_id, result, _shm_min_bytes, channel.max_frame
-        )
-        if frame is not None:
-            return frame
-    try:
-        data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
-    except _Interrupted:
-        raise
-    except BaseException as exc:  # noqa: BLE001 -- the result's own code; SystemExit too
-        problem = f"could not be pickled: {_safe_str(exc)}"
-    else:
-        if len(data) <= max_payload(channel.max_frame):
-            return encode(Kind.RESULT, job_id, data)
-        problem = (
-            f"pickles to {len(data)} bytes, over max_message_bytes={channel.max_frame} "
-            "(less the frame's own bytes)"
-        )
-    from ._errors import SerializationError  # only now: it imports signal, and so enum
-
-    err = SerializationError(f"the job's result of type {_type_name(result)} {problem}")
-    return _error_frame(channel, job_id, err, with_traceback=False)
-
-
-def _error_frame(
-    channel: _Channel, job_id: int, exc: BaseException, *, with_traceback: bool = True
-) -> bytes:
-    room = channel.max_frame - 8  # the job id's field
-    return encode(Kind.ERROR, job_id, *_describe(exc, room=room, with_traceback=with_traceback))
-
-
-def _initializer(payload: bytes) -> Callable[[], Any] | None:
-    initializer = _loads(payload) if payload else None
-    if isinstance(initializer, str):
-        initializer = _resolve(initializer)
-    return initializer
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    result = fn(*args)
-    if is_coroutine(result):
-        return _run_coroutine(result)
-    return result
-
-
-def is_coroutine(obj: object) -> TypeGuard[Coroutine[Any, Any, Any]]:
-    """True for what calling an ``async def`` function returns (without
-    importing inspect)."""
-    return type(obj).__name__ == "coroutine" and hasattr(obj, "__await__")
-
-
-def _run_coroutine(coro: Any) -> Any:
-    """Run an async job or initializer under trio, cancellable from the reader."""
-    global _canceller
-    import trio
-
-    async def run() -> Any:
-        global _canceller
-        token = trio.lowlevel.current_trio_token()
-        with trio.CancelScope() as scope:
-            _canceller = lambda job_id: token.run_sync_soon(scope.cancel)  # noqa: E731
-            return await coro
-        raise _Interrupted
-
-    previous = _canceller
-    try:
-        return trio.run(run)
-    finally:
-        _canceller = previous
-
-
-def _loads(payload: bytes | Callable[[], Any]) -> Any:
-    if not isinstance(payload, bytes):
-        return payload()  # a loader of _shm's
-    import pickle
-
-    return pickle.loads(payload)
-
-
-_SCALARS = frozenset({int, float, str, bool, type(None)})
-_SCANNED_ITEMS = 64  # of each tuple, list or dict: a large buffer is looked for in these
-
-
-def has_large_buffer(obj: object, min_bytes: int, depth: int = 2) -> bool:
-    """True when ``obj`` is, or holds ``depth`` levels down in tuples, lists
-    and dicts (the first 64 items of each), a ``bytes``, ``bytearray``,
-    ``memoryview`` or array (``__array_interface__``: NumPy) of at least
-    ``min_bytes``. Cheap: it decides whether :mod:`procsup._shm` is needed."""
-    kind = type(obj)
-    if kind in _SCALARS:
-        return False
-    if kind is bytes or kind is bytearray:
-        return len(obj) >= min_bytes  # type: ignore[arg-type]
-    if kind is tuple or kind is list or kind is dict:
-        if depth:
-            items: Any = obj.values() if kind is dict else obj  # type: ignore[attr-defined]
-            for count, item in enumerate(items):
-                if count == _SCANNED_ITEMS:
-                    break
-                if has_large_buffer(item, min_bytes, depth - 1):
-                    return True
-        return False
-    if kind is memoryview:
-        return bool(obj.nbytes >= min_bytes)  # type: ignore[attr-defined]
-    if hasattr(kind, "__array_interface__"):
-        return bool(getattr(obj, "nbytes", 0) >= min_bytes)
-    return False
-
-
-def _resolve(spec: str) -> Callable[..., Any]:
-    import importlib
-
-    module_name, _, attr = spec.partition(":")
-    target: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
-    if not callable(target):
-        raise TypeError(f"{spec!r} is not callable")
-    return target  # type: ignore[no-any-return]
-
-
-def _type_name(obj: object) -> str:
-    cls = type(obj)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-
-
-def _describe(
-    exc: BaseException, *, room: int, with_traceback: bool = True
-) -> tuple[str, str, str, bytes]:
-    """(type name, message, traceback text, pickled exception or b""), in
-    at most ``room`` bytes of encoded fields (see :func:`_fit_description`).
-
-    Never raises but _Interrupted: the exception's own code (``__str__``,
-    ``__reduce__``, its unpickling) may raise anything, SystemExit included.
-    Only an ``Exception`` is pickled: the parent raises nothing else as itself.
-    """
-    import pickle
-
-    message = _safe_str(exc)
-    tb = _format_traceback(exc) if with_traceback else ""
-    data = b""
-    if isinstance(exc, Exception):
-        try:
-            data = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
-            pickle.loads(data)  # what does not round-trip here will not in the parent
-        except _Interrupted:
-            raise
-        except BaseException:  # noqa: BLE001
-            data = b""
-    return _fit_description(room, _type_name(exc), message, tb, data)
-
-
-_FIELD_LENGTH = 4  # before every str and bytes field
-_MIN_TRACEBACK = 4096  # less than this, and the exception goes without its pickle
-_MAX_NAME = 1024
-
-
-def _fit_description(
-    room: int, type_name: str, message: str, tb: str, data: bytes
-) -> tuple[str, str, str, bytes]:
-    """Cut an exception's description to ``room`` bytes of encoded fields:
-    first its traceback (it arrives as itself), else it goes without its
-    pickle (as RemoteError) and message and traceback share the room. The
-    type name always goes."""
-    name = _utf8(type_name)[:_MAX_NAME].decode("utf-8", "ignore")
-    text, trace = _utf8(message), _utf8(tb)
-    room -= 4 * _FIELD_LENGTH + len(_utf8(name))
-    if len(text) + len(trace) + len(data) <= room:
-        return name, message, tb, data
-    trace_room = room - len(text) - len(data)
-    if data and trace_room >= min(len(trace), _MIN_TRACEBACK):
-        return name, message, _cut(trace, trace_room), data
-    text_room, trace_room = _share(max(room, 0), len(text), len(trace))
-    return name, _cut(text, text_room), _cut(trace, trace_room), b""
-
-
-def _share(room: int, a: int, b: int) -> tuple[int, int]:
-    """Split ``room`` between two sizes: the smaller whole if it takes at
-    most half, else half each."""
-    if a + b <= room:
-        return a, b
-    half = room // 2
-    if a <= half:
-        return a, room - a
-    if b <= half:
-        return room - b, b
-    return room - half, half
-
-
-def _cut_note(count: int) -> bytes:
-    return f"\n[... {count} bytes cut to fit max_message_bytes ...]\n".encode()
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "replace")  # as _wire.encode does
-
-
-def _cut(data: bytes, limit: int) -> str:
-    """``data`` (UTF-8) in at most ``limit`` bytes: its head and tail, and
-    a note of what was cut between them."""
-    if len(data) <= limit:
-        return data.decode("utf-8", "ignore")
-    keep = limit - len(_cut_note(len(data)))  # no shorter than the note to come
-    note = _cut_note(len(data) - keep)
-    if keep <= 0:
-        return data[: max(limit, 0)].decode("utf-8", "ignore")
-    head, tail = data[: keep - keep // 4], data[len(data) - keep // 4 :] if keep // 4 else b""
-    return (head + note + tail).decode("utf-8", "ignore")
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except _Interrupted:
-        raise
-    except BaseException:  # noqa: BLE001 -- a broken __str__ must not lose the error
-        return f"<unprintable {type(exc).__name__}>"
-
-
-def _format_traceback(exc: BaseException) -> str:
-    import traceback
-
-    try:
-        return "".join(traceback.format_exception(exc))
-    except _Interrupted:
-        raise
-    except BaseException:  # noqa: BLE001 -- e.g. a broken __str__ in the chain
-        return f"{_type_name(exc)}: {_safe_str(exc)} (its traceback could not be formatted)\n"
-
-
-def _next_main_order() -> tuple[int, tuple[Any, ...]]:
-    assert _orders is not None
-    return _next_order(_orders)
-
-
-def _next_order(orders: _FrameReader) -> tuple[int, tuple[Any, ...]]:
-    try:
-        frame = orders.next()
-    except Exception:  # noqa: BLE001 -- a garbled or cut channel: the parent is gone
-        frame = None
-    if frame is None:
-        _orphaned()
-    return frame
-
-
 def _control_forever(channel: _Channel, control_fd: int) -> None:
     reader = _FrameReader(control_fd, TO_CONTROL, channel)
     try:
@@ -815,29 +475,6 @@ def _control_forever(channel: _Channel, control_fd: int) -> None:
     except BaseException:  # noqa: BLE001 -- any failure here means the parent is gone
         pass
     _orphaned()
-
-
-def _orphaned() -> NoReturn:
-    """The parent is gone or broke the protocol: nobody supervises us now."""
-    if os.getpgrp() == os.getpid():
-        os.killpg(0, signal.SIGKILL)  # and every subprocess a job started
-    os._exit(70)
-
-
-def _request_cancel(job_id: int) -> None:
-    global _cancel_requested
-    _cancel_requested = True
-    canceller = _canceller
-    if canceller is not None:
-        try:
-            canceller(job_id)
-        except Exception:  # noqa: BLE001 -- the job finished meanwhile
-            pass
-
-
-def _interrupt_main(job_id: int = 0) -> None:
-    # A real signal, so a blocking sleep or read in the job is interrupted too.
-    signal.pthread_kill(_main_thread, signal.SIGTERM)
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

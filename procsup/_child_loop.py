@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 from time import monotonic as _monotonic
 
-from . import _child
-from ._child import _Interrupted
+from . import _child_core, _child_jobs
+from ._child_core import _Interrupted
 from ._wire import Kind, encode
 
 TYPE_CHECKING = False  # not typing's: see _child
@@ -68,7 +68,7 @@ def serve(name: str, channel: _Channel, orders: _FrameReader, payload: bytes, ma
             return _run_asyncio(life, uvloop=name == "uvloop")
     except _StartFailed as failed:
         channel.send(
-            encode(Kind.INIT_FAILED, *_child._describe(failed.error, room=channel.max_frame))
+            encode(Kind.INIT_FAILED, *_child_core._describe(failed.error, room=channel.max_frame))
         )
         return 1
 
@@ -117,24 +117,24 @@ class _Life:
         try:
             if not await self._initialize(loop):
                 return 1
-            _child._canceller = self.cancel
+            _child_core._canceller = self.cancel
             done = 0
             while not self.max_jobs or done < self.max_jobs:
-                job = _child.job_order(*await self._next_order(loop))
+                job = _child_jobs.job_order(*await self._next_order(loop))
                 if job is None:
                     return 0  # STOP
                 await self._job(loop, *job)
                 done += 1
             return 0
         finally:
-            _child._canceller = None
+            _child_core._canceller = None
             self.stopping = True
 
     async def _initialize(self, loop: _Loop) -> bool:
         try:
-            initializer = _child._initializer(self.payload)
+            initializer = _child_core._initializer(self.payload)
             state = initializer() if initializer is not None else None
-            if _child.is_coroutine(state):
+            if _child_core.is_coroutine(state):
                 state = await state  # in the main task: its context is the jobs' too
             loop.after_init()
             if self.init_error is not None:
@@ -143,9 +143,9 @@ class _Life:
             raise
         except BaseException as exc:  # noqa: BLE001 -- SystemExit in an initializer is a failure too
             room = self.channel.max_frame
-            self.channel.send(encode(Kind.INIT_FAILED, *_child._describe(exc, room=room)))
+            self.channel.send(encode(Kind.INIT_FAILED, *_child_core._describe(exc, room=room)))
             return False
-        _child._state = state
+        _child_core._state = state
         self.ready = True
         self.channel.send(encode(Kind.READY, os.getpid()))
         return True
@@ -158,22 +158,22 @@ class _Life:
         if not self.orders._buffer and not (self.arrived() and _monotonic() < self.turn_due):
             await loop.wait_for_orders()
             self.turn_due = _monotonic() + _MAX_SKIPPED_TURN
-        return _child._next_order(self.orders)  # reads only what has arrived
+        return _child_core._next_order(self.orders)  # reads only what has arrived
 
     def arrived(self) -> bool:
         """Whether the jobs socket has bytes to read (without blocking)."""
         return bool(self.arrivals.poll(0))
 
     async def _job(self, loop: _Loop, job_id: int, payload: bytes | Callable[[], Any]) -> None:
-        # As _child._run_job: what unpickling raises (SystemExit too) is the
+        # As _child_jobs._run_job: what unpickling raises (SystemExit too) is the
         # sender's error; what the job raises is its own, bar an exit.
         channel = self.channel
         try:
-            fn, args = _child._loads(payload)
+            fn, args = _child_core._loads(payload)
         except _Interrupted:
             raise
         except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
-            channel.send(_child._error_frame(channel, job_id, exc))
+            channel.send(_child_jobs._error_frame(channel, job_id, exc))
             return
         try:
             self.running = job_id
@@ -184,9 +184,9 @@ class _Life:
         except (_Interrupted, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 -- the job's error goes to its caller
-            channel.send(_child._error_frame(channel, job_id, exc))
+            channel.send(_child_jobs._error_frame(channel, job_id, exc))
             return
-        channel.send(_child._result_frame(channel, job_id, result))
+        channel.send(_child_jobs._result_frame(channel, job_id, result))
 
     async def _call(self, loop: _Loop, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``: its sync part in this thread, then the coroutine it
@@ -196,7 +196,7 @@ class _Life:
             result = fn(*args)
         finally:
             self.in_sync_call = False
-        if _child.is_coroutine(result):
+        if _child_core.is_coroutine(result):
             return await loop.run_job(result)
         return result
 
@@ -205,7 +205,7 @@ class _Life:
         if job_id != self.running or self.loop is None:
             return
         if self.in_sync_call:
-            _child._interrupt_main()
+            _child_core._interrupt_main()
         else:
             self.loop.cancel_soon(job_id)
 
@@ -225,7 +225,7 @@ class _Life:
             return
         self.retiring = True
         if self.ready:
-            self.channel.send(encode(Kind.RETIRE, f"{what} raised {_child._type_name(error)}"))
+            self.channel.send(encode(Kind.RETIRE, f"{what} raised {_child_core._type_name(error)}"))
         else:  # the initializer fails with it
             self.init_error = error
 

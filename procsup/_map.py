@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import trio
 
 from ._batch import UNSTARTED, Batch, batch_payload, pickle_argument
-from ._child import has_large_buffer
+from ._child_core import has_large_buffer
 from ._cpus import available_cpus
 from ._errors import SerializationError
 from ._options import check_timeout

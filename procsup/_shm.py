@@ -2,7 +2,7 @@
 
 Standard library only: a worker imports this module when a large payload
 first comes its way, never for small ones (``procsup._child`` decides with
-:func:`procsup._child.has_large_buffer`, which imports nothing).
+:func:`procsup._child_core.has_large_buffer`, which imports nothing).
 
 A job's arguments or result that hold a ``bytes``, ``bytearray``,
 ``memoryview`` or pickle-protocol-5 buffer (a NumPy array) of at least
@@ -38,7 +38,7 @@ import os
 import pickle
 import struct
 
-from ._child import _Interrupted, has_large_buffer
+from ._child_core import _Interrupted, has_large_buffer
 from ._wire import Kind, encode
 
 TYPE_CHECKING = False  # not typing's: a worker imports this module

@@ -18,6 +18,8 @@ from support import ROOT
 # and _capture: by one whose records carry extra fields, or that captures output.
 CHILD_SIDE = [
     "procsup._child",
+    "procsup._child_core",
+    "procsup._child_jobs",
     "procsup._child_loop",
     "procsup._wire",
     "procsup._forkserver_child",
