@@ -310,7 +310,7 @@ class _Run:
             self._scope.cancel()  # the rest: every lane, and no more input
 
     async def _lane(self) -> None:
-        from ._pool import _Budget
+        from ._budget import _Budget
 
         pool = self._pool
         budget = None  # one for every worker the same inputs are offered to

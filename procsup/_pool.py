@@ -38,14 +38,12 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
 from contextlib import (
     AbstractAsyncContextManager,
     asynccontextmanager,
-    contextmanager,
 )
 from typing import Any, Literal, TypeVar
 
@@ -53,6 +51,7 @@ import attrs
 import trio
 from tricycle import MultiCancelScope, open_service_nursery
 
+from ._budget import _Budget
 from ._errors import NoWorkerAvailableError, PoolClosedError, WorkerStartError
 from ._events import EventHub, PoolEvent
 from ._learn import LearnedModules
@@ -163,52 +162,6 @@ class _Member:
         self.retire_scope = trio.CancelScope()  # cancelled: the lifetime task closes it
         self.lent = False  # inside an acquire() block (BUSY; BUSY and not lent: a job its
         # caller left runs on, kill_on_cancel=False)
-
-
-class _Budget:
-    """What one acquirer may still spend: ``max_acquire_attempts`` failed
-    rounds and ``acquire_timeout`` seconds of waiting, across every worker a
-    job is offered to (a job re-dispatched after its worker died before
-    beginning it keeps spending the same budget)."""
-
-    __slots__ = ("_max_attempts", "_timeout", "attempts", "errors", "left")
-
-    def __init__(self, options: PoolOptions) -> None:
-        self._max_attempts = options.max_acquire_attempts
-        self._timeout = options.acquire_timeout
-        self.left = math.inf if options.acquire_timeout is None else options.acquire_timeout
-        self.attempts = 0
-        self.errors: list[BaseException] = []
-
-    @contextmanager
-    def waiting(self) -> Iterator[None]:
-        """Spend the wait inside the block; leave it when the time is up."""
-        began = trio.current_time()
-        try:
-            with trio.move_on_after(self.left):
-                yield
-        finally:
-            self.left = max(self.left - (trio.current_time() - began), 0.0)
-
-    def failed(self, error: BaseException | None) -> None:
-        """A failed round: one attempt used."""
-        self.attempts += 1
-        if error is not None:
-            self.errors.append(error)
-        self.check()
-
-    def check(self) -> None:
-        if self.attempts >= self._max_attempts:
-            raise NoWorkerAvailableError(
-                f"no worker after {self.attempts} attempts (max_acquire_attempts="
-                f"{self._max_attempts})",
-                self.errors,
-            )
-
-    def timed_out(self) -> NoWorkerAvailableError:
-        return NoWorkerAvailableError(
-            f"no worker within acquire_timeout={self._timeout:g}s", self.errors
-        )
 
 
 class PooledWorker(metaclass=NoPublicConstructor):
