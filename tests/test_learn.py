@@ -151,6 +151,7 @@ async def test_a_module_that_misbehaves_in_the_template_is_left_to_workers(
         assert await pool.run(module.touch) == name.rpartition("_")[2]
         later = await _imported_by_later(pool, name)
         assert await pool.run(module.touch) == name.rpartition("_")[2]
+        assert templates()[0].num_threads() == 1  # the template's contract
     # each later worker imported it itself, while warming; the template never did
     assert None not in later[-2:]
     assert template not in later
@@ -199,6 +200,7 @@ async def test_modules_that_import_trio_and_numpy() -> None:
         assert await pool.run(learn_jobs_heavy.touch) == "trio numpy"
         trio_by = await _imported_by_later(pool, "learn_jobs_trio")
         assert await pool.run(learn_jobs_heavy.touch) == "trio numpy"
+        assert templates()[0].num_threads() == 1  # the template's contract
     # trio starts no thread when imported: the template has it; numpy's BLAS
     # may, and then each worker imports it while warming
     assert trio_by[-2:] == [template] * 2
