@@ -17,8 +17,9 @@ class RedisServer:
     """One redis-server process; ``kill()`` SIGKILLs it, ``start()`` brings it
     back on the same directory (the AOF replays)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra: tuple[str, ...] = ()) -> None:
         self.dir = directory
+        self.extra = extra  # more redis-server arguments
         self.sock = directory / "r.sock"
         self.url = f"unix://{self.sock}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -45,6 +46,7 @@ class RedisServer:
                 "noeviction",
                 "--logfile",
                 str(self.dir / "redis.log"),
+                *self.extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -88,14 +90,15 @@ class RedisServer:
         return out.stdout.strip()
 
 
-def redis_server_for(tmp_path: Path) -> RedisServer:
-    """Start one; skip when redis-server is missing, except under CI=true."""
+def redis_server_for(tmp_path: Path, *extra: str) -> RedisServer:
+    """Start one (``extra``: more arguments); skip when redis-server is
+    missing, except under CI=true."""
     if shutil.which("redis-server") is None:
         message = "redis-server is not installed (apt-get install redis-server)"
         if os.environ.get("CI") == "true":
             pytest.fail(message + "; under CI it must be", pytrace=False)
         pytest.skip(message)
-    server = RedisServer(Path(tmp_path))
+    server = RedisServer(Path(tmp_path), extra)
     server.start()
     return server
 

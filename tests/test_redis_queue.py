@@ -168,6 +168,38 @@ async def test_oversize_body_is_refused_and_an_oversize_entry_is_not_run(
             pass
 
 
+async def test_a_server_without_functions_runs_the_library_as_a_script(
+    tmp_path: Any, exec_log: str
+) -> None:
+    from redis_helpers import redis_server_for
+
+    # like a managed Redis that forbids FUNCTION: the same Lua, by EVALSHA
+    no_functions = ("--rename-command", "FUNCTION", "", "--rename-command", "FCALL", "")
+    server = redis_server_for(tmp_path, *no_functions)
+    try:
+        refused = await trio.run_process(
+            ["redis-cli", "-s", str(server.sock), "FUNCTION", "LIST"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert b"unknown command" in refused.stdout + refused.stderr
+        async with open_queue(server.url, "q") as q:
+            early = await q.submit({"value": "before any host"})  # a producer loads it
+            async with host(server.url, max_deliveries=1):
+                assert await q.result(early, timeout=20) == "before any host"
+                assert await q.call(7, timeout=20) == 7
+                with pytest.raises(RemoteJobError):  # dead-lettered (max_deliveries 1)
+                    await q.call({"crash": True}, timeout=20)
+                server.kill()
+                server.start()  # the AOF keeps the queue, not the script cache
+                assert await q.call(8, timeout=30) == 8
+            stats = await q.statistics()
+        assert (stats.length, stats.pending, stats.dead, stats.redeliveries) == (0, 0, 1, 0)
+    finally:
+        server.kill()
+
+
 def test_import_procsup_does_not_import_redis() -> None:
     import subprocess
     import sys

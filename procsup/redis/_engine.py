@@ -44,12 +44,26 @@ CALL_TIMEOUT = 5.0  # seconds any one Redis call may take (blocking reads: plus 
 RESULT_TTL = 3600  # seconds results and idempotency keys are kept
 _RETIRE_AFTER = 2 * CALL_TIMEOUT + 10.0  # seconds: past the longest call (block + deadline)
 _LUA = resources.files(__package__).joinpath("procsup.lua").read_text(encoding="utf-8")
+# The same library as one EVALSHA script, for servers that refuse FUNCTION
+# (some managed Redis): its functions go in a table, ARGV[1] names the one to run.
+_SCRIPT = (
+    "local procsup = {}\n"
+    "local function register(name, fn) procsup[name] = fn end\n"
+    + _LUA.split("\n", 1)[1].replace("redis.register_function(", "register(")
+    + "\nlocal name = table.remove(ARGV, 1)\nreturn procsup[name](KEYS, ARGV)\n"
+)
 
 # What a broken or restarting server raises: the host backs off and retries.
 ConnectionLost = (coredis.exceptions.ConnectionError, TimeoutError, OSError, trio.TooSlowError)
 # What a host rides out: that, or any error reply (out of memory, a loading or
 # read-only replica, a missing permission); it backs off, logs, and retries.
 RedisFailure = (*ConnectionLost, coredis.exceptions.RedisError)
+# Replies that mean the library is not loaded the way we call it: load it.
+_NOT_LOADED = (
+    coredis.exceptions.NoScriptError,  # a script cache emptied by a restart
+    coredis.exceptions.UnknownCommandError,  # FCALL refused: a producer goes to EVALSHA
+    coredis.exceptions.AuthorizationError,
+)
 
 
 @attrs.frozen
@@ -112,6 +126,7 @@ class Engine:
         self, url: str, queue: str, group: str, consumer: str, nursery: trio.Nursery
     ) -> None:
         self.client: Any = None  # the current coredis client; see connect()
+        self._script: str | None = None  # the EVALSHA fallback's sha, once FUNCTION was refused
         self._url = url
         self._nursery = nursery
         self._client_scope: trio.CancelScope | None = None  # ends the current client
@@ -158,7 +173,7 @@ class Engine:
         """Load the functions, make the stream and group; return warnings about
         server settings that would lose jobs."""
         with trio.fail_after(CALL_TIMEOUT):
-            await self.client.function_load(_LUA, replace=True)
+            await self._load()
             try:
                 await self.client.xgroup_create(self.stream, self.group, "0", mkstream=True)
             except coredis.exceptions.StreamDuplicateConsumerGroupError:
@@ -183,18 +198,37 @@ class Engine:
             now = await self.client.time()
         return float(now.timestamp() * 1000)
 
+    async def _load(self) -> None:
+        """Load the library as Redis Functions or, on a server that refuses
+        FUNCTION (unknown or forbidden), as one script run by EVALSHA."""
+        if self._script is None:
+            try:
+                await self.client.function_load(_LUA, replace=True)
+                return
+            except (
+                coredis.exceptions.UnknownCommandError,
+                coredis.exceptions.AuthorizationError,
+            ):
+                pass
+        self._script = str(await self.client.script_load(_SCRIPT))
+
     async def _call(self, name: str, args: Sequence[Any], *keys: str) -> Any:
         keys_ = [self.stream, self.dead, self.hosts, *keys]
         args_ = [self.prefix, self.group, self.consumer, *args]
         with trio.fail_after(CALL_TIMEOUT):
             try:
-                return await self.client.fcall(name, keys_, args_)
+                return await self._invoke(name, keys_, args_)
             except coredis.exceptions.ResponseError as exc:
-                if "Function not found" not in str(exc):
+                if not isinstance(exc, _NOT_LOADED) and "Function not found" not in str(exc):
                     raise
             # a producer before any host, or a server restarted without its data
-            await self.client.function_load(_LUA, replace=True)
-            return await self.client.fcall(name, keys_, args_)
+            await self._load()
+            return await self._invoke(name, keys_, args_)
+
+    async def _invoke(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        if self._script is None:
+            return await self.client.fcall(name, keys, args)
+        return await self.client.evalsha(self._script, keys, [name, *args])
 
     # -- the host's side -------------------------------------------------------
 
