@@ -14,7 +14,6 @@ from types import ModuleType
 import learn_jobs
 import learn_jobs_arg
 import learn_jobs_bad
-import learn_jobs_heavy
 import learn_jobs_other
 import learn_jobs_pid
 import learn_jobs_signal
@@ -193,6 +192,7 @@ async def test_a_module_slower_than_the_bound_is_dropped_and_starts_still_work(
 
 async def test_modules_that_import_trio_and_numpy() -> None:
     pytest.importorskip("numpy")
+    learn_jobs_heavy = pytest.importorskip("learn_jobs_heavy")  # it imports numpy
     async with procsup.open_pool(start_method="forkserver", **ONE_SHOT) as pool:
         await pool.wait_warm()
         template = templates()[0].pid
