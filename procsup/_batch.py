@@ -20,9 +20,12 @@ moves on, and costs per job only its argument's pickle and its answer.
 
 from __future__ import annotations
 
+import collections
 import pickle
 from collections.abc import Callable
 from typing import Any
+
+import trio
 
 from . import _wire
 from ._errors import SerializationError
@@ -66,27 +69,63 @@ def batch_payload(fn: Callable[[Any], Any], arguments: list[bytes]) -> bytes:
 
 
 class Batch(_Job):
-    """Jobs of one function in one BATCH order. To the worker it is one job
-    whose ``id`` is that of the job running now: an answer ends that job
-    (``on_job``) and the next one becomes the job; the batch is settled once
-    every job has ended or been reported unstarted."""
+    """Jobs of one function in BATCH orders to one worker. To the worker it
+    is one job whose ``id`` is that of the job running now: an answer ends
+    that job (``on_job``, with its position in the batch, counted over every
+    order) and the next one becomes the job. :meth:`extend` queues another
+    order behind the ones sent, so the worker never waits for the next;
+    the batch is settled once every job has ended or been reported unstarted."""
 
-    __slots__ = ("_begun", "_first", "_job_over", "_on_job", "count", "payload")
+    __slots__ = (
+        "_ended",
+        "_job_over",
+        "_on_job",
+        "_orders",
+        "_total",
+        "low",
+        "low_mark",
+        "payload",
+    )
 
     def __init__(self, payload: bytes, count: int, on_job: OnJob) -> None:
         super().__init__(0)
-        self.payload = payload
-        self.count = count
+        self.payload = payload  # the first order's (for start)
         self._on_job = on_job
-        self._first = 0
-        self._begun = 0  # jobs the worker began: those that ended, and one running
+        # the orders not yet run to their end: [first id, count, position of the first]
+        self._orders: collections.deque[list[int]] = collections.deque()
+        self._total = count  # jobs in every order sent
+        self._ended = 0  # jobs that ended (their position: 0 to _ended - 1)
         self._job_over: JobOver | None = None
+        self.low: trio.Event | None = None  # set once at most low_mark jobs are left
+        self.low_mark = 0
+
+    @property
+    def count(self) -> int:
+        """Jobs in every order sent."""
+        return self._total
 
     def start(self, first_id: int, job_over: JobOver) -> bytes:
-        """Its frame, with job ids ``first_id`` on; ``job_over`` hears of each job's end."""
-        self.id = self._first = first_id
+        """The first order, with job ids ``first_id`` on; ``job_over`` hears of each job's end."""
+        self.id = first_id
+        self._orders.append([first_id, self._total, 0])
         self._job_over = job_over
-        return _wire.encode(Kind.BATCH, first_id, self.count, self.payload)
+        return _wire.encode(Kind.BATCH, first_id, self._total, self.payload)
+
+    def extend(self, first_id: int, count: int, payload: bytes) -> bytes:
+        """Another order for the batch, ``count`` jobs with ids ``first_id`` on
+        (higher than every id before): positions from :attr:`count` on."""
+        self._orders.append([first_id, count, self._total])
+        self._total += count
+        return _wire.encode(Kind.BATCH, first_id, count, payload)
+
+    def watch_low(self, mark: int) -> trio.Event:
+        """An event set once at most ``mark`` jobs are left to end (or it is over)."""
+        low = trio.Event()
+        if self.settled or self._total - self._ended <= mark:
+            low.set()
+        else:
+            self.low, self.low_mark = low, mark
+        return low
 
     def succeed(self, value: Any) -> None:
         self._end_one(value, None)
@@ -95,14 +134,21 @@ class Batch(_Job):
         self._end_one(None, error)
 
     def _end_one(self, value: Any, error: BaseException | None) -> None:
-        position = self.id - self._first
-        self._begun = position + 1
-        next_begins = self._begun < self.count
+        order = self._orders[0]
+        first, count, base = order
+        position = base + self.id - first
+        self._ended = position + 1
+        if self.id + 1 == first + count:
+            self._orders.popleft()
+        next_begins = bool(self._orders)
         assert self._job_over is not None
         self._job_over(self, error, next_begins)
         self._on_job(position, value, error)
+        if self.low is not None and self._total - self._ended <= self.low_mark:
+            self.low.set()
+            self.low = None
         if next_begins:
-            self.id += 1
+            self.id = self.id + 1 if self.id + 1 < first + count else self._orders[0][0]
             self.answered = False
         else:
             self._settle()
@@ -118,10 +164,16 @@ class Batch(_Job):
         if not self.settled:
             assert self._job_over is not None
             self._job_over(self, unstarted_error(), False)  # its job_started had gone out
-            for position in range(self.id - self._first, self.count):
+            for position in range(self._ended, self._total):
                 self._on_job(position, UNSTARTED, None)
             self._settle()
         return False  # the worker's own "unstarted" is for a single job
 
     def jobs_begun(self, unstarted: bool) -> int:
-        return self._begun
+        return self._ended
+
+    def _settle(self) -> None:
+        super()._settle()
+        if self.low is not None:  # whoever waits to extend it: it is over
+            self.low.set()
+            self.low = None

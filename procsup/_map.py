@@ -83,7 +83,7 @@ class MapResults(Generic[T]):
         self.room: trio.Event | None = None  # a lane waits for yielded to grow: set then
         self._failure: BaseException | None = None  # the first error, when it ends the map
         self._stopped = False  # every job and the feeder are done (after a failure)
-        self._changed = trio.Event()  # set (and renewed) at each change above
+        self._changed: trio.Event | None = None  # the consumer waits: set at a change above
 
     def __aiter__(self) -> MapResults[T]:
         return self
@@ -108,6 +108,8 @@ class MapResults(Generic[T]):
                 return taken
             elif self._pulled is not None and self.yielded == self._pulled:
                 raise StopAsyncIteration
+            if self._changed is None:
+                self._changed = trio.Event()
             await self._changed.wait()
 
     def _take(self) -> tuple[int, Any] | None:
@@ -144,8 +146,9 @@ class MapResults(Generic[T]):
         self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
 
 @asynccontextmanager
@@ -325,7 +328,7 @@ class _Run:
                 return
             if not taken:
                 return
-            arguments = [pickle_argument(item) for _, item in taken] if len(taken) > 1 else []
+            arguments = list(map(pickle_argument, _items(taken))) if len(taken) > 1 else []
             if budget is None:
                 budget = _Budget(pool._options)
             try:
@@ -360,16 +363,11 @@ class _Run:
         """Run ``taken`` (or its head: the rest goes back) on ``worker``.
         Returns how many jobs began, and the inputs that never began."""
         count = _batchable(worker, taken, arguments)
-        if count >= 2:
-            try:
-                payload = batch_payload(self._fn, arguments[:count])  # type: ignore[arg-type]
-            except SerializationError:
-                count = 1  # alone, the first gets Pool.run's own error
-            else:
-                if len(payload) + _FRAME_ROOM > max_payload(worker._options.max_message_bytes):
-                    count = 1
+        payload = self._payload(worker, arguments[:count]) if count > 1 else None
+        if payload is None:
+            count = 1
         self._source.give_back(taken[count:])
-        if count == 1:
+        if payload is None:
             index, item = taken[0]
             job = await worker._run(self._fn, (item,), self._timeout, True)
             if job is None:
@@ -386,9 +384,61 @@ class _Run:
                 self._ended(batch_items[position][0], value, error)
 
         batch = Batch(payload, count, on_job)
-        if not await worker._run_batch(batch, self._timeout):
+        async with trio.open_nursery() as feeding:
+            if worker._options.max_jobs is None:
+                feeding.start_soon(self._keep_fed, worker, batch, batch_items)
+            sent = await worker._run_batch(batch, self._timeout)
+            if not sent:
+                feeding.cancel_scope.cancel()  # it never ran: nothing to extend
+        if not sent:
             return 0, batch_items
         return batch.jobs_begun(False), unstarted
+
+    async def _keep_fed(
+        self, worker: Worker, batch: Batch, batch_items: list[tuple[int, Any]]
+    ) -> None:
+        """Queue the next order on a running batch when half of the last one
+        is done, so its worker never waits for the parent between orders
+        (a slow job ends no half: nothing more queues behind it). Ends when
+        the batch does, or when the next inputs cannot join it."""
+        size = len(batch_items)
+        while True:
+            await batch.watch_low(size // 2).wait()
+            if batch.settled:
+                return
+            size = self._pace.next_size(size)
+            try:
+                taken = await self._source.take(size)
+            except Exception as exc:  # noqa: BLE001 -- the iterable's own error ends the map
+                self._results.failed(exc)
+                self._scope.cancel()
+                return
+            arguments = list(map(pickle_argument, _items(taken)))
+            count = _batchable(worker, taken, arguments) if len(taken) > 1 else 0
+            payload = self._payload(worker, arguments[:count]) if count > 1 else None
+            if payload is None:
+                self._source.give_back(taken)  # for a lane: alone, or a batch of their own
+                return
+            batch_items.extend(taken[:count])
+            self._source.give_back(taken[count:])
+            if not worker._extend_batch(batch, count, payload):
+                del batch_items[-count:]
+                self._source.give_back(taken[:count])
+                return
+
+    def _payload(self, worker: Worker, arguments: list[bytes | None]) -> bytes | None:
+        """A BATCH payload of ``arguments`` that fits ``worker``'s frames, or None."""
+        try:
+            payload = batch_payload(self._fn, arguments)  # type: ignore[arg-type]
+        except SerializationError:
+            return None  # alone, the first gets Pool.run's own error
+        if len(payload) + _FRAME_ROOM > max_payload(worker._options.max_message_bytes):
+            return None
+        return payload
+
+
+def _items(taken: list[tuple[int, Any]]) -> Iterator[Any]:
+    return (item for _, item in taken)
 
 
 def _batchable(worker: Worker, taken: list[tuple[int, Any]], arguments: list[bytes | None]) -> int:

@@ -416,15 +416,29 @@ class Worker(metaclass=NoPublicConstructor):
             raise
         return True
 
+    def _extend_batch(self, batch: Batch, count: int, payload: bytes) -> bool:
+        """Queue ``count`` more jobs on the running ``batch`` (one more BATCH
+        order, begun after the ones before it). False: not sent (the batch
+        is over, or the worker takes no more)."""
+        if self._job is not batch or batch.settled or batch.expired or self._retiring:
+            return False
+        first = next(_job_ids)
+        collections.deque(itertools.islice(_job_ids, count - 1), maxlen=0)  # its ids
+        frame = batch.extend(first, count, payload)
+        # Sent, or the worker is dying: then they never begin, and the exit says so.
+        self._send_quietly(frame)
+        return True
+
     def _batch_job_over(self, job: _Job, error: BaseException | None, next_begins: bool) -> None:
         """A job of the running batch ended: its events, and the next one's timeout."""
         events = self._events
         if events is not None:
-            events("job_finished", self.pid, error)
+            pid = self._process.pid
+            events("job_finished", pid, error)
             if job.answered:
-                events("job_completed", self.pid, None)
+                events("job_completed", pid, None)
             if next_begins:
-                events("job_started", self.pid, None)
+                events("job_started", pid, None)
         if next_begins:
             self._shm.release()  # the result's segment, if it had one
             if job.timeout != math.inf:
