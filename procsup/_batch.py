@@ -82,13 +82,24 @@ class Batch(_Job):
         "_on_job",
         "_orders",
         "_total",
+        "job_began",
         "low",
         "low_mark",
         "payload",
+        "trim_after",
+        "trim_sent",
     )
 
-    def __init__(self, payload: bytes, count: int, on_job: OnJob) -> None:
+    def __init__(
+        self, payload: bytes, count: int, on_job: OnJob, trim_after: float | None = None
+    ) -> None:
         super().__init__(0)
+        # Once a job has run trim_after seconds (from when the one before
+        # it answered), the worker is asked for the jobs after it (TRIM):
+        # a slow job holds back nothing longer than that.
+        self.trim_after = trim_after
+        self.job_began = 0.0  # when the running job began, as the parent saw it
+        self.trim_sent = False
         self.payload = payload  # the first order's (for start)
         self._on_job = on_job
         # the orders not yet run to their end: [first id, count, position of the first]
@@ -150,8 +161,43 @@ class Batch(_Job):
         if next_begins:
             self.id = self.id + 1 if self.id + 1 < first + count else self._orders[0][0]
             self.answered = False
+            if self.trim_after is not None:
+                self.job_began = trio.current_time()
         else:
             self._settle()
+
+    @property
+    def last_id(self) -> int:
+        first, count, _ = self._orders[-1]
+        return first + count - 1
+
+    def trim_at(self) -> float | None:
+        if self.trim_after is None or self.trim_sent or self.id >= self.last_id:
+            return None
+        return self.job_began + self.trim_after
+
+    def give_back_from(self, first: int) -> bool:
+        if not self.trim_sent or self.trim_after is None or first < self.id:
+            return False
+        self.trim_after = None  # one TRIMMED per batch (trim_sent stays)
+        kept = self._total  # the position of job id `first`: jobs before it stay
+        for order in self._orders:
+            start, count, base = order
+            if first < start + count:
+                kept = base + max(first - start, 0)
+                break
+        for position in reversed(range(kept, self._total)):  # each goes first: keep their order
+            self._on_job(position, UNSTARTED, None)
+        while self._orders and self._orders[-1][2] >= kept:
+            self._orders.pop()
+        if self._orders:
+            start, count, base = self._orders[-1]
+            self._orders[-1][1] = min(count, kept - base)
+        self._total = kept
+        if self._ended >= kept:  # its running job was one of them (it never began)
+            self._orders.clear()
+            self._settle()
+        return True
 
     def lost(
         self,

@@ -470,6 +470,8 @@ def _control_forever(channel: _Channel, control_fd: int) -> None:
             kind, fields = frame
             if kind == Kind.PING:
                 channel.send_urgent(encode(Kind.PONG, *fields))
+            elif kind == Kind.TRIM:
+                _child_jobs.trim(channel, *fields)
             else:  # CANCEL
                 _request_cancel(*fields)
     except BaseException:  # noqa: BLE001 -- any failure here means the parent is gone

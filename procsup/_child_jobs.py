@@ -11,6 +11,7 @@ Not imported by :mod:`procsup._shm` (which imports :mod:`procsup._child_core`).
 
 from __future__ import annotations
 
+import _thread
 import os
 
 from . import _child_core
@@ -34,12 +35,18 @@ if TYPE_CHECKING:
 
     from ._child import _Channel, _FrameReader
 
-__all__ = ["job_order"]
+__all__ = ["job_order", "trim"]
 
 # Set by procsup._child.run and _serve from the worker's start and its INIT.
 _shm_min_bytes = 0  # from INIT: a result's buffers this large go through shared memory (0: never)
 _start_mark: Any = None  # the shared word the parent reads: the last job taken (procsup._startmark)
 _orders: _FrameReader | None = None  # the jobs socket's frames, read by the main thread
+# A batch's jobs: the last one begun, and the ids (first, last) that the
+# control thread gave back on a TRIM (never begun); the lock makes "begin
+# the next one" and "give back the rest" exclusive.
+_batch_lock = _thread.allocate_lock()
+_batch_begun = 0
+_given_back = (0, -1)
 
 
 def job_order(kind: int, fields: tuple[Any, ...]) -> tuple[int, Any] | None:
@@ -77,18 +84,38 @@ def _run_batch(channel: _Channel, first_id: int, count: int, payload: bytes) -> 
         raise
     except BaseException as exc:  # noqa: BLE001 -- the sender's code: every job's error
         failure = exc
+    global _batch_begun
+    begun = 0
     for index in range(count):
         if _child_core._cancel_requested:
             raise _Interrupted
         job_id = first_id + index
-        if _start_mark is not None:
-            _start_mark[0] = job_id
+        with _batch_lock:
+            low, high = _given_back
+            if low <= job_id <= high:
+                continue  # the parent took it back (TRIM)
+            _batch_begun = job_id
+            if _start_mark is not None:
+                _start_mark[0] = job_id
+        begun += 1
         if failure is not None:
             channel.send(_error_frame(channel, job_id, failure))
             continue
         _begin_job()
         _run_job(channel, job_id, items[index], fn)
-    return count
+    return begun
+
+
+def trim(channel: _Channel, running: int, last: int) -> None:
+    """A TRIM order (the control thread's): give back the batch jobs after
+    ``running`` up to ``last`` that the main thread has not begun."""
+    global _given_back
+    with _batch_lock:
+        first = max(running, _batch_begun) + 1
+        if first > last:
+            return  # all begun: nothing to give back, and the parent hears of each
+        _given_back = (first, last)
+    channel.send(encode(Kind.TRIMMED, first))
 
 
 def _run_job(

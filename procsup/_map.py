@@ -54,6 +54,7 @@ _NOTHING: Any = object()
 
 MAX_BATCH = 256  # jobs in one BATCH at most
 BATCH_SECONDS = 0.02  # of measured job time in one batch at most (so a slow job goes alone)
+TRIM_SECONDS = 0.05  # a batch's job runs at least this long before the rest is taken back
 BATCH_BYTES = 1 << 20  # of pickled inputs in one batch at most
 _FRAME_ROOM = 64  # a BATCH frame's own bytes, and more
 
@@ -197,6 +198,7 @@ class _Source:
         self._given_back: collections.deque[tuple[int, Any]] = collections.deque()
         self.pulled = 0
         self.exhausted = False  # the iterable ended, or raised
+        self.busy = 0  # lanes holding inputs, some of which may come back (given back)
 
     def give_back(self, items: list[tuple[int, Any]]) -> None:
         """Inputs that never began: they go first (earliest first)."""
@@ -213,14 +215,19 @@ class _Source:
             given = self._given_back
             if given:
                 return [given.popleft() for _ in range(min(wanted, len(given)))]
-            if self.exhausted:
+            if self.exhausted and not self.busy:
                 return []
-            room = self._limit - (self.pulled - self._results.yielded)
+            room = 0 if self.exhausted else self._limit - (self.pulled - self._results.yielded)
             if room > 0:
                 return await self._pull(min(wanted, room))
             if self._results.room is None:
                 self._results.room = trio.Event()
             await self._results.room.wait()
+
+    def done_with(self) -> None:
+        """A lane ran what it took: nothing more of it comes back."""
+        self.busy -= 1
+        self._wake()
 
     def _wake(self) -> None:
         if self._results.room is not None:
@@ -263,6 +270,11 @@ class _Pace:
     def next_size(self, last: int) -> int:
         fit = int(BATCH_SECONDS / self.per_job) if self.per_job > 0 else MAX_BATCH
         return max(1, min(MAX_BATCH, 2 * last, fit))
+
+    def trim_after(self) -> float:
+        """How long a batch's job may run before the jobs queued behind it
+        are taken back, to run elsewhere: far longer than the jobs take."""
+        return max(TRIM_SECONDS, 8 * self.per_job)
 
     def measured(self, seconds: float, jobs: int) -> None:
         if jobs:
@@ -313,9 +325,6 @@ class _Run:
             self._scope.cancel()  # the rest: every lane, and no more input
 
     async def _lane(self) -> None:
-        from ._budget import _Budget
-
-        pool = self._pool
         budget = None  # one for every worker the same inputs are offered to
         size = 0
         while True:
@@ -328,34 +337,45 @@ class _Run:
                 return
             if not taken:
                 return
-            arguments = list(map(pickle_argument, _items(taken))) if len(taken) > 1 else []
-            if budget is None:
-                budget = _Budget(pool._options)
+            self._source.busy += 1
             try:
-                member, worker = await pool._acquire(budget)
-            except Exception as exc:  # noqa: BLE001 -- PoolClosedError...: each input's error
-                for index, _ in taken:
-                    self._ended(index, None, exc)
-                budget = None
-                continue
-            began = trio.current_time()
-            try:
-                ran, unstarted = await self._run_on(worker, taken, arguments)
+                budget = await self._run_taken(taken, budget)
             finally:
-                pool._release(member)
-            self._pace.measured(trio.current_time() - began, ran)
-            if ran:
-                budget = None
-            elif worker.jobs_done == 0:  # died before its first job: as Pool.run counts it
-                streak = pool._record.consecutive_failures
-                if streak >= pool._options.max_acquire_attempts:
-                    try:
-                        budget.failed(pool._record.last_error)
-                    except Exception as exc:  # noqa: BLE001 -- NoWorkerAvailableError: theirs
-                        for index, _ in unstarted:
-                            self._ended(index, None, exc)
-                        budget, unstarted = None, []
-            self._source.give_back(unstarted)
+                self._source.done_with()
+
+    async def _run_taken(self, taken: list[tuple[int, Any]], budget: Any) -> Any:
+        """Run inputs a lane took on a worker; returns the lane's budget."""
+        from ._budget import _Budget
+
+        pool = self._pool
+        arguments = list(map(pickle_argument, _items(taken))) if len(taken) > 1 else []
+        if budget is None:
+            budget = _Budget(pool._options)
+        try:
+            member, worker = await pool._acquire(budget)
+        except Exception as exc:  # noqa: BLE001 -- PoolClosedError...: each input's error
+            for index, _ in taken:
+                self._ended(index, None, exc)
+            return None
+        began = trio.current_time()
+        try:
+            ran, unstarted = await self._run_on(worker, taken, arguments)
+        finally:
+            pool._release(member)
+        self._pace.measured(trio.current_time() - began, ran)
+        if ran:
+            budget = None
+        elif worker.jobs_done == 0:  # died before its first job: as Pool.run counts it
+            streak = pool._record.consecutive_failures
+            if streak >= pool._options.max_acquire_attempts:
+                try:
+                    budget.failed(pool._record.last_error)
+                except Exception as exc:  # noqa: BLE001 -- NoWorkerAvailableError: theirs
+                    for index, _ in unstarted:
+                        self._ended(index, None, exc)
+                    budget, unstarted = None, []
+        self._source.give_back(unstarted)
+        return budget
 
     async def _run_on(
         self, worker: Worker, taken: list[tuple[int, Any]], arguments: list[bytes | None]
@@ -378,12 +398,14 @@ class _Run:
         unstarted: list[tuple[int, Any]] = []
 
         def on_job(position: int, value: Any, error: BaseException | None) -> None:
-            if value is UNSTARTED:
-                unstarted.append(batch_items[position])
+            if value is UNSTARTED and worker.returncode is None:
+                self._source.give_back([batch_items[position]])  # taken back (TRIM): now
+            elif value is UNSTARTED:
+                unstarted.append(batch_items[position])  # the worker died: see _lane
             else:
                 self._ended(batch_items[position][0], value, error)
 
-        batch = Batch(payload, count, on_job)
+        batch = Batch(payload, count, on_job, self._pace.trim_after())
         async with trio.open_nursery() as feeding:
             if worker._options.max_jobs is None:
                 feeding.start_soon(self._keep_fed, worker, batch, batch_items)

@@ -63,6 +63,7 @@ class Kind:
     JOB_SHM = 6
     SHM = 7
     BATCH = 8
+    TRIM = 9
     # child -> parent
     READY = 20
     INIT_FAILED = 21
@@ -74,6 +75,7 @@ class Kind:
     RESULT_SHM = 27
     RETIRE = 28
     IMPORT_FAILED = 29
+    TRIMMED = 30
 
 
 # i: int64, f: float64, s: UTF-8 string, b: bytes
@@ -91,6 +93,8 @@ SCHEMAS: Final[dict[int, str]] = {
     # first job id, count, payload: (fn, [each item's pickled argument]); the
     # worker runs and answers them one by one, as jobs first id, first id + 1, ...
     Kind.BATCH: "iib",
+    # running job id, last id: give back the batch jobs after the running one, up to the last
+    Kind.TRIM: "ii",
     Kind.CANCEL: "i",  # job id
     Kind.PING: "f",  # the parent's clock, echoed back
     Kind.STOP: "",
@@ -105,14 +109,15 @@ SCHEMAS: Final[dict[int, str]] = {
     Kind.RESULT_SHM: "ibb",  # job id, result payload, buffer sizes (in the ALLOC segment)
     Kind.IMPORT_FAILED: "s",  # before READY: learned modules it could not import, one a line
     Kind.RETIRE: "s",  # why the worker asks to be stopped (a background task failed)
+    Kind.TRIMMED: "i",  # the answer to TRIM: batch jobs from this id on will never begin
 }
 
 # The parent writes INIT, JOB (JOB_SHM, SHM, BATCH) and STOP on the jobs socket, which the worker's
-# main thread reads itself, and PING and CANCEL on the control socket, which a
+# main thread reads itself, and PING, CANCEL and TRIM on the control socket, which a
 # thread reads even while a job holds the main thread. The worker writes
 # everything on the jobs socket.
 TO_MAIN: Final = frozenset({Kind.INIT, Kind.JOB, Kind.JOB_SHM, Kind.SHM, Kind.BATCH, Kind.STOP})
-TO_CONTROL: Final = frozenset({Kind.PING, Kind.CANCEL})
+TO_CONTROL: Final = frozenset({Kind.PING, Kind.CANCEL, Kind.TRIM})
 FROM_PARENT: Final = TO_MAIN | TO_CONTROL
 FROM_CHILD: Final = frozenset(SCHEMAS) - FROM_PARENT
 NAMES: Final = {v: k for k, v in vars(Kind).items() if isinstance(v, int)}

@@ -408,6 +408,9 @@ class Worker(metaclass=NoPublicConstructor):
         events = self._events
         if events is not None:
             events("job_started", self.pid, None)
+        if batch.trim_after is not None:
+            batch.job_began = trio.current_time()
+            self._timer.arm("trim", batch.job_began + batch.trim_after)
         try:
             await self._send_job(batch, frame, timeout, True)
         except BaseException as exc:
@@ -422,12 +425,29 @@ class Worker(metaclass=NoPublicConstructor):
         is over, or the worker takes no more)."""
         if self._job is not batch or batch.settled or batch.expired or self._retiring:
             return False
+        if batch.trim_sent:  # its worker was asked for the rest back: nothing more behind it
+            return False
         first = next(_job_ids)
         collections.deque(itertools.islice(_job_ids, count - 1), maxlen=0)  # its ids
         frame = batch.extend(first, count, payload)
         # Sent, or the worker is dying: then they never begin, and the exit says so.
         self._send_quietly(frame)
         return True
+
+    def _trim_due(self) -> None:
+        """The running batch's job has run ``trim_after``: ask the worker
+        for the jobs it has not begun (TRIM), to run elsewhere."""
+        batch = self._job
+        if batch is None or batch.settled or batch.expired:
+            return
+        due = batch.trim_at()
+        if due is None:
+            return
+        if due > trio.current_time():
+            self._timer.arm("trim", due)  # a later job: its own time
+            return
+        batch.trim_sent = True  # type: ignore[attr-defined]
+        self._channel.send_control(_wire.encode(Kind.TRIM, batch.id, batch.last_id))  # type: ignore[attr-defined]
 
     def _batch_job_over(self, job: _Job, error: BaseException | None, next_begins: bool) -> None:
         """A job of the running batch ended: its events, and the next one's timeout."""
@@ -473,6 +493,7 @@ class Worker(metaclass=NoPublicConstructor):
     def _job_over(self, job: _Job) -> None:
         """The job ended (answered, or its process died), whoever waited for it."""
         self._timer.disarm("job")
+        self._timer.disarm("trim")
         self._shm.release()
         self._job = None
         self._jobs_done += job.jobs_begun(self._unstarted)
@@ -734,6 +755,8 @@ class Worker(metaclass=NoPublicConstructor):
             self._job_timed_out()
         if "cancel" in due:
             self.kill()  # a timed-out job did not stop within cancel_grace
+        if "trim" in due:
+            self._trim_due()
 
     def _join_pool(self, idle_pings: IdlePings) -> None:
         """A pool took this worker: while idle, it is pinged at the pool's rate."""
@@ -796,6 +819,10 @@ class Worker(metaclass=NoPublicConstructor):
             _forward_log_record(self.pid, self.slot, *fields)
         elif kind == Kind.ALLOC:
             self._alloc_result(*fields)
+        elif kind == Kind.TRIMMED:
+            job = self._job
+            if job is not None and not job.expired and not job.give_back_from(fields[0]):
+                raise _wire.FrameError("TRIMMED for batch jobs that were not asked back")
         elif kind == Kind.RETIRE:  # a background task failed (the worker logged how)
             logger.warning("worker pid=%d retires: %s", self.pid, fields[0])
             self._retiring = True
@@ -1062,6 +1089,15 @@ class _Job:
     def jobs_begun(self, unstarted: bool) -> int:
         """How many jobs the worker began for this one (a batch: several)."""
         return 0 if unstarted else 1
+
+    def trim_at(self) -> float | None:
+        """A batch: when to ask for the jobs its worker has not begun."""
+        return None
+
+    def give_back_from(self, first: int) -> bool:
+        """A batch: jobs from id ``first`` on will never begin (TRIMMED);
+        False: it asked for none."""
+        return False
 
     def unwrap(self) -> Any:
         """The value, or raise the error."""
