@@ -219,7 +219,10 @@ class _Source:
                 return []
             room = 0 if self.exhausted else self._limit - (self.pulled - self._results.yielded)
             if room > 0:
-                return await self._pull(min(wanted, room))
+                taken = await self._pull(min(wanted, room))
+                if taken:
+                    return taken
+                continue  # it ended just now: wait for what may come back
             if self._results.room is None:
                 self._results.room = trio.Event()
             await self._results.room.wait()
