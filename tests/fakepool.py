@@ -158,6 +158,7 @@ class FakeStarts:
         self.workers: list[FakeWorker] = []
         self.hung: list[int] = []  # pids of starts killed at init_timeout
         self.live = 0  # fake processes that exist now
+        self.live_pids: set[int] = set()  # their pids
         self.most_live = 0
         self._pids = itertools.count(10_001)
 
@@ -168,6 +169,7 @@ class FakeStarts:
         outcome, warm = planned if isinstance(planned, tuple) else (planned, self.warm)
         pid = next(self._pids)
         self.live += 1
+        self.live_pids.add(pid)
         self.most_live = max(self.most_live, self.live)
         try:
             events("start", pid, None)
@@ -197,6 +199,7 @@ class FakeStarts:
                 worker.kill()  # stopped and reaped on the way out (a no-op once it exited)
         finally:
             self.live -= 1
+            self.live_pids.discard(pid)
 
 
 @asynccontextmanager

@@ -14,8 +14,10 @@ import math
 import operator
 
 import pytest
+import seed_scenarios as seeds
 import trio
 from fakepool import FakeStarts, open_fake_pool
+from seed_scenarios import FakePools
 from trio.testing import MockClock
 
 import procsup
@@ -25,75 +27,35 @@ def noop() -> None:
     return None
 
 
-# -- the seeds (test_seeds.py, with real processes) ------------------------------
+# -- the seeds (tests/seed_scenarios.py; test_seeds.py runs them with real processes)
 
 
 async def test_seed_000_job_does_not_hang_when_every_initialization_fails(
     autojump_clock: MockClock,
 ) -> None:
-    starts = FakeStarts(plan=lambda n: "fail")
-    async with open_fake_pool(starts, idle=2, max_acquire_attempts=3) as pool:
-        with pytest.raises(procsup.NoWorkerAvailableError) as info:
-            await pool.run(noop)
-    assert len(info.value.start_errors) == 3
-    assert "model file missing" in str(info.value)
+    await seeds.seed_000_job_does_not_hang_when_every_initialization_fails(FakePools())
 
 
 async def test_seed_001_init_that_never_answers_is_killed_and_does_not_wedge(
     autojump_clock: MockClock,
 ) -> None:
-    starts = FakeStarts(init_timeout=0.5, warm=0.1, plan=lambda n: "hang" if n == 1 else "ok")
-    start = trio.current_time()
-    async with open_fake_pool(starts, idle=1, max_concurrent_starts=1) as pool:
-        assert await pool.run(operator.add, 1, 2) == 3
-        # the hung start held the only slot until its deadline, then the next warmed
-        assert trio.current_time() - start == pytest.approx(0.5 + 0.1)
-        assert pool.statistics().start_failures == 1
-    assert len(starts.hung) == 1
-    assert starts.live == 0  # the hung one was killed and reaped
+    await seeds.seed_001_init_that_never_answers_is_killed_and_does_not_wedge(FakePools())
 
 
 async def test_seed_002_acquisition_is_bounded_when_init_times_out(
     autojump_clock: MockClock,
 ) -> None:
-    starts = FakeStarts(init_timeout=0.3, plan=lambda n: "hang")
-    start = trio.current_time()
-    async with open_fake_pool(starts, idle=1, max_acquire_attempts=2) as pool:
-        with pytest.raises(procsup.NoWorkerAvailableError, match=r"init_timeout=0\.3s"):
-            await pool.run(noop)
-        # two attempts, each one init_timeout: no backoff for a waiter's own start
-        assert trio.current_time() - start == pytest.approx(2 * 0.3)
+    await seeds.seed_002_acquisition_is_bounded_when_init_times_out(FakePools())
 
 
 async def test_seed_003_a_running_job_holds_no_warming_lock(autojump_clock: MockClock) -> None:
-    starts = FakeStarts(warm=1.0, max_jobs=None)
-    async with open_fake_pool(starts, idle=2, max_concurrent_starts=1) as pool:
-        await pool.wait_warm()
-        async with pool.acquire() as a, pool.acquire() as b, trio.open_nursery() as nursery:
-            nursery.start_soon(a.run, trio.sleep, 30)
-            nursery.start_soon(b.run, trio.sleep, 30)
-            began = trio.current_time()
-            await pool.wait_warm()  # two more warmed, one after the other, behind the jobs
-            assert trio.current_time() - began == pytest.approx(2 * 1.0)
-            stats = pool.statistics()
-            assert (stats.busy, stats.idle) == (2, 2)
-            nursery.cancel_scope.cancel()
+    await seeds.seed_003_a_running_job_holds_no_warming_lock(FakePools())
 
 
 async def test_seed_004_idle_target_direction_and_busy_not_counted_as_idle(
     autojump_clock: MockClock,
 ) -> None:
-    load = 1.0
-    starts = FakeStarts(max_jobs=None)
-    async with open_fake_pool(starts, idle=2, load=lambda: load, load_interval=0.02) as pool:
-        assert pool.statistics().target_idle == 0
-        assert pool.statistics().warming == 0
-        load = 0.0
-        await pool.wait_warm()
-        async with pool.acquire(), pool.acquire():
-            await pool.wait_warm()  # the two busy ones do not count as idle
-            stats = pool.statistics()
-            assert (stats.busy, stats.idle, stats.target_idle) == (2, 2, 2)
+    await seeds.seed_004_idle_target_direction_and_busy_not_counted_as_idle(FakePools())
 
 
 # -- acquisition ---------------------------------------------------------------------
