@@ -28,36 +28,29 @@ def _read_exactly(fd: int, count: int) -> bytes:
     return b"".join(chunks)
 
 
-async def test_frames_the_socket_cannot_take_at_once_go_out_whole_and_in_order() -> None:
+@pytest.mark.parametrize("flush_task", ["started_after", "already_running"])
+async def test_frames_the_socket_cannot_take_at_once_go_out_whole_and_in_order(
+    flush_task: str,
+) -> None:
+    """A frame too large for the socket is partly sent, its rest queued; the
+    frames sent after it go behind it, never interleaved: whether the flush
+    task starts once they are all queued, or is already sending its rest."""
     first = encode(Kind.STOP)
     big = encode(Kind.JOB, 1, os.urandom(4 << 20))  # far more than a socket buffer
     after = [encode(Kind.JOB, n, b"small") for n in range(2, 5)]
     channel = ParentChannel(BIG, first)
     try:
-        channel.send_nowait(big)  # partly sent, the rest queued: no flush task yet
-        for frame in after:
-            channel.send_nowait(frame)  # queued behind it, never interleaved
         jobs_fd, _ = channel.child_fds
         expected = first + big + b"".join(after)
         async with trio.open_nursery() as nursery:
-            channel.start(nursery)  # now the flush task sends what waits
-            received = await trio.to_thread.run_sync(_read_exactly, jobs_fd, len(expected))
-        assert received == expected
-    finally:
-        channel.close()
-
-
-async def test_a_frame_sent_while_the_flush_runs_goes_after_it() -> None:
-    channel = ParentChannel(BIG, b"")
-    try:
-        jobs_fd, _ = channel.child_fds
-        big = encode(Kind.JOB, 1, os.urandom(2 << 20))
-        async with trio.open_nursery() as nursery:
-            channel.start(nursery)
-            channel.send_nowait(big)  # the flush task starts for its rest
-            await trio.lowlevel.checkpoint()
-            channel.send_nowait(encode(Kind.STOP))
-            expected = big + encode(Kind.STOP)
+            if flush_task == "already_running":
+                channel.start(nursery)
+            channel.send_nowait(big)  # partly sent, the rest queued
+            await trio.lowlevel.checkpoint()  # a running flush task is at work on it
+            for frame in after:
+                channel.send_nowait(frame)  # queued behind it, never interleaved
+            if flush_task == "started_after":
+                channel.start(nursery)  # now the flush task sends what waits
             received = await trio.to_thread.run_sync(_read_exactly, jobs_fd, len(expected))
         assert received == expected
     finally:

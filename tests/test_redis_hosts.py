@@ -22,7 +22,7 @@ import redis_jobs
 import trio
 from redis_helpers import scrape
 
-from procsup.redis import RemoteJobError, open_queue
+from procsup.redis import Queue, RemoteJobError, open_queue
 
 HERE = Path(__file__).parent
 LEASE = 1.5  # seconds: short, so that the failure tests stay quick
@@ -121,6 +121,33 @@ async def hosts_for(redis_server: Any, tmp_path: Path, exec_log: str) -> AsyncIt
         hosts.close()
 
 
+@asynccontextmanager
+async def hosts_and_queue(
+    redis_server: Any, tmp_path: Path, exec_log: str
+) -> AsyncIterator[tuple[Hosts, Queue]]:
+    """A test's hosts (see :class:`Hosts`) and its queue, ``q``, closed first."""
+    async with (
+        hosts_for(redis_server, tmp_path, exec_log) as hosts,
+        open_queue(redis_server.url, "q") as q,
+    ):
+        yield hosts, q
+
+
+def queue_command(redis_server: Any, command: str, *args: str) -> list[str]:
+    """``procsup COMMAND --redis URL --queue q ARGS``: submit, queue, ..."""
+    return [
+        sys.executable,
+        "-m",
+        "procsup",
+        command,
+        "--redis",
+        redis_server.url,
+        "--queue",
+        "q",
+        *args,
+    ]
+
+
 async def gone(pids: list[int], within: float = 10.0) -> bool:
     with trio.move_on_after(within):
         while any(
@@ -168,37 +195,14 @@ async def test_serve_and_submit_round_trip(
         await hosts.start(func="redis_jobs:square")
         inputs = "".join(f"{i}\n" for i in range(5)) + "\n"
         out = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "procsup",
-                "submit",
-                "--redis",
-                redis_server.url,
-                "--queue",
-                "q",
-                "--wait",
-                "--timeout",
-                "30",
-            ],
+            queue_command(redis_server, "submit", "--wait", "--timeout", "30"),
             stdin=inputs.encode(),
             capture_stdout=True,
         )
         records = [json.loads(line) for line in out.stdout.decode().splitlines()]
         assert [(r["index"], r["result"]) for r in records] == [(i, i * i) for i in range(5)]
         status = await trio.run_process(
-            [
-                sys.executable,
-                "-m",
-                "procsup",
-                "queue",
-                "--redis",
-                redis_server.url,
-                "--queue",
-                "q",
-                "status",
-                "--json",
-            ],
+            queue_command(redis_server, "queue", "status", "--json"),
             capture_stdout=True,
         )
         report = json.loads(status.stdout)
@@ -223,10 +227,7 @@ async def test_serve_and_submit_round_trip(
 async def test_host_holds_no_more_than_its_workers(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         jobs = [await q.submit({"sleep": 0.3, "value": i}) for i in range(10)]
         await hosts.start("--idle", "2")
         most = 0
@@ -243,10 +244,7 @@ async def test_reclaiming_host_holds_no_more_than_its_workers(
 ) -> None:
     # B waits in a blocking read with both slots free when it takes A's two
     # jobs back; jobs submitted then must not come in on top (B would hold 4)
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         gate = tmp_path / "gate"
         a = await hosts.start()
         held = [await q.submit({"gate": str(gate), "value": i}) for i in range(2)]
@@ -271,10 +269,7 @@ async def test_reclaiming_host_holds_no_more_than_its_workers(
 async def test_host_killed_mid_job_is_redelivered(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         a = await hosts.start()
         gate = tmp_path / "gate"  # shut: A's run cannot finish, however slow B's start
         job = await q.submit({"gate": str(gate), "sleep": 3.0, "value": "done"})
@@ -297,10 +292,7 @@ async def test_host_killed_mid_job_is_redelivered(
 
 
 async def test_long_job_renews_its_lease(redis_server: Any, tmp_path: Path, exec_log: str) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         await hosts.start()
         await hosts.start()
         job = await q.submit({"sleep": LEASE * 3, "value": "long"})
@@ -311,10 +303,7 @@ async def test_long_job_renews_its_lease(redis_server: Any, tmp_path: Path, exec
 async def test_poison_is_dead_lettered_and_requeued(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         await hosts.start("--max-deliveries", "3")
         poison = await q.submit({"crash": True})
         fine = await q.submit({"value": "fine"})
@@ -324,17 +313,7 @@ async def test_poison_is_dead_lettered_and_requeued(
         assert (err.type, err.deliveries, err.exit_code) == ("WorkerCrashedError", 3, 3)
         assert len(redis_jobs.executions(exec_log)) == 4
         assert (await q.statistics()).dead == 1
-        cli = [
-            sys.executable,
-            "-m",
-            "procsup",
-            "queue",
-            "--redis",
-            redis_server.url,
-            "--queue",
-            "q",
-            "dead",
-        ]
+        cli = queue_command(redis_server, "queue", "dead")
         listed = await trio.run_process([*cli, "list"], capture_stdout=True)
         letter = json.loads(listed.stdout.decode().splitlines()[0])
         assert (letter["id"], letter["reason"], letter["deliveries"]) == (
@@ -351,10 +330,7 @@ async def test_poison_is_dead_lettered_and_requeued(
 async def test_sigterm_drains_and_hands_back(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         a = await hosts.start("--drain-timeout", "0.5", lease=30)
         gate = tmp_path / "gate"  # shut: the slow job is still running when the drain ends
         quick = await q.submit({"sleep": 0.2, "value": "quick"})
@@ -382,10 +358,7 @@ async def test_sigterm_drains_and_hands_back(
 async def test_redis_restart_loses_nothing_and_runs_nothing_twice(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         procs = [await hosts.start("--concurrency", "10", "--idle", "10") for _ in range(2)]
         jobs = [await q.submit({"sleep": LEASE * 2 + 2, "value": i}) for i in range(20)]
         with trio.fail_after(30):
@@ -413,10 +386,7 @@ async def test_redis_restart_loses_nothing_and_runs_nothing_twice(
 async def test_hosts_share_work_by_capacity(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         await hosts.start("--concurrency", "1")
         await hosts.start("--concurrency", "3")
         jobs = [await q.submit({"sleep": 0.2, "value": i}) for i in range(40)]
@@ -429,10 +399,7 @@ async def test_hosts_share_work_by_capacity(
 async def test_host_that_cannot_start_workers_takes_nothing(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         jobs = [await q.submit({"value": i}) for i in range(10)]
         broken = await hosts.start("--init", "redis_jobs:fail_init", wait=False)
         await hosts.start()
@@ -445,10 +412,7 @@ async def test_host_that_cannot_start_workers_takes_nothing(
 async def test_paused_host_loses_its_job_and_its_late_result_is_dropped(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         a = await hosts.start()
         gate = tmp_path / "gate"  # shut: A's run cannot finish, however slow B's start
         job = await q.submit({"gate": str(gate), "sleep": LEASE * 2, "value": "once"})
@@ -474,10 +438,7 @@ async def test_paused_host_loses_its_job_and_its_late_result_is_dropped(
 async def test_job_that_kills_its_host_kills_at_most_max_deliveries_hosts(
     redis_server: Any, tmp_path: Path, exec_log: str
 ) -> None:
-    async with (
-        hosts_for(redis_server, tmp_path, exec_log) as hosts,
-        open_queue(redis_server.url, "q") as q,
-    ):
+    async with hosts_and_queue(redis_server, tmp_path, exec_log) as (hosts, q):
         procs = [await hosts.start("--max-deliveries", "2") for _ in range(3)]
         job = await q.submit({"kill_host": True})
         record = await result_record(q, job, timeout=LEASE * 4 + 20)
@@ -518,11 +479,15 @@ async def test_queue_status_serves_the_queue_metrics_until_stopped(
     err = open(tmp_path / "status.err", "wb")  # noqa: SIM115, ASYNC230
     with err:
         proc = subprocess.Popen(  # noqa: ASYNC220 -- waited for below
-            [
-                *(sys.executable, "-m", "procsup", "queue", "--redis", redis_server.url),
-                *("--queue", "q", "status"),
-                *("--metrics", "127.0.0.1:0", "--metrics-interval", "0.1"),
-            ],
+            queue_command(
+                redis_server,
+                "queue",
+                "status",
+                "--metrics",
+                "127.0.0.1:0",
+                "--metrics-interval",
+                "0.1",
+            ),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,

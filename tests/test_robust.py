@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,18 +64,26 @@ def _idle_pids(pool: procsup.Pool) -> list[int]:
     ]
 
 
+async def _kill_then_call(
+    pool: procsup.Pool, tmp_path: Path, rounds: int, kill: Callable[[], None]
+) -> None:
+    """Each round: the pool is warm, ``kill()`` (as the OOM killer would, just
+    before the calls), then three calls; each runs ("x" mode: at most once)."""
+    for round_ in range(rounds):
+        await pool.wait_warm()
+        kill()
+        paths = [tmp_path / f"{round_}-{i}" for i in range(3)]
+        async with trio.open_nursery() as nursery:
+            for path in paths:
+                nursery.start_soon(pool.run, jobs.touch, str(path))
+        assert all(path.exists() for path in paths)
+
+
 async def test_jobs_sent_to_freshly_killed_idle_workers_run_elsewhere_once(
     start_method: str, tmp_path: Path
 ) -> None:
     async with procsup.open_pool(idle=3, start_method=start_method, backoff_base=0.01) as pool:
-        for round_ in range(8):
-            await pool.wait_warm()
-            _kill(_idle_pids(pool))  # as the OOM killer would, just before the calls
-            paths = [tmp_path / f"{round_}-{i}" for i in range(3)]
-            async with trio.open_nursery() as nursery:
-                for path in paths:
-                    nursery.start_soon(pool.run, jobs.touch, str(path))
-            assert all(path.exists() for path in paths)  # and "x" mode: at most once
+        await _kill_then_call(pool, tmp_path, 8, lambda: _kill(_idle_pids(pool)))
 
 
 async def test_a_dead_workers_job_that_never_began_is_phase_idle(
@@ -92,16 +101,12 @@ async def test_a_dead_workers_job_that_never_began_is_phase_idle(
 async def test_killing_the_fork_server_and_its_idle_workers_fails_no_call(tmp_path: Path) -> None:
     from support import templates
 
+    def kill_templates() -> None:
+        for template in templates():  # with its idle workers, as a cgroup's OOM kill does
+            _kill([worker.pid for worker in template.children()] + [template.pid])
+
     async with procsup.open_pool(idle=3, start_method="forkserver", backoff_base=0.01) as pool:
-        for round_ in range(4):
-            await pool.wait_warm()
-            for template in templates():  # with its idle workers, as a cgroup's OOM kill does
-                _kill([worker.pid for worker in template.children()] + [template.pid])
-            paths = [tmp_path / f"{round_}-{i}" for i in range(3)]
-            async with trio.open_nursery() as nursery:
-                for path in paths:
-                    nursery.start_soon(pool.run, jobs.touch, str(path))
-            assert all(path.exists() for path in paths)
+        await _kill_then_call(pool, tmp_path, 4, kill_templates)
 
 
 async def test_a_stopped_idle_worker_costs_its_job_nothing(
