@@ -46,6 +46,10 @@ class Queue:
             BodyTooLargeError: ``arg``'s JSON is over ``max_body_bytes``;
                 nothing was enqueued.
             TypeError: ``arg`` is not JSON-serializable.
+            coredis.exceptions.ConnectionError: the connection to Redis was
+                lost (a restart, a network fault); whether the job was enqueued
+                is unknown. Submit again with the same ``key`` to be sure it is
+                enqueued once.
         """
         body = json.dumps(arg, allow_nan=False)
         if len(body) * 4 > self._max_body_bytes:  # a character is at most 4 bytes
