@@ -327,19 +327,24 @@ class _Run:
             self._results.failed(error)
             self._scope.cancel()  # the rest: every lane, and no more input
 
+    async def _take(self, size: int) -> list[tuple[int, Any]]:
+        """Up to ``size`` inputs; [] at the end, or when the iterable raised
+        (its error then ends the map)."""
+        try:
+            return await self._source.take(size)
+        except Exception as exc:  # noqa: BLE001 -- the iterable's own error ends the map
+            self._results.failed(exc)
+            self._scope.cancel()
+            return []
+
     async def _lane(self) -> None:
         budget = None  # one for every worker the same inputs are offered to
         size = 0
         while True:
             size = self._pace.next_size(size)
-            try:
-                taken = await self._source.take(size)
-            except Exception as exc:  # noqa: BLE001 -- the iterable's own error ends the map
-                self._results.failed(exc)
-                self._scope.cancel()
-                return
+            taken = await self._take(size)
             if not taken:
-                return
+                return  # the end, or the iterable's error
             self._source.busy += 1
             try:
                 budget = await self._run_taken(taken, budget)
@@ -432,12 +437,7 @@ class _Run:
             if batch.settled:
                 return
             size = self._pace.next_size(size)
-            try:
-                taken = await self._source.take(size)
-            except Exception as exc:  # noqa: BLE001 -- the iterable's own error ends the map
-                self._results.failed(exc)
-                self._scope.cancel()
-                return
+            taken = await self._take(size)
             arguments = list(map(pickle_argument, _items(taken)))
             count = _batchable(worker, taken, arguments) if len(taken) > 1 else 0
             payload = self._payload(worker, arguments[:count]) if count > 1 else None

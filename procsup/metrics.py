@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -61,29 +61,35 @@ def register(pool: Pool, registry: CollectorRegistry | None = None, *, name: str
         ValueError: another pool is registered there under the same name, or
             this pool is registered there already.
     """
-    collector = _collector_for(REGISTRY if registry is None else registry)
+    collector = shared_collector(REGISTRY if registry is None else registry, _PoolsCollector)
     collector.add(pool, name or pool.name or "pool")
 
 
 def unregister(pool: Pool, registry: CollectorRegistry | None = None) -> None:
     """Stop exporting ``pool``'s metrics from ``registry``. Idempotent."""
-    collector = _collectors.get(REGISTRY if registry is None else registry)
+    kinds = _collectors.get(REGISTRY if registry is None else registry, {})
+    collector = kinds.get(_PoolsCollector)
     if collector is not None:
         collector.remove(pool)
 
 
-# One collector per registry: prometheus-client refuses two collectors that
-# expose the same metric names, so all of a registry's pools share one.
-_collectors: weakref.WeakKeyDictionary[CollectorRegistry, _PoolsCollector] = (
+_C = TypeVar("_C")
+
+# One collector of a kind per registry: prometheus-client refuses two
+# collectors that expose the same metric names, so all of a registry's pools
+# (or queues) share one.
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, dict[type, Any]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _collector_for(registry: CollectorRegistry) -> _PoolsCollector:
-    collector = _collectors.get(registry)
+def shared_collector(registry: CollectorRegistry, kind: type[_C]) -> _C:
+    """``registry``'s one collector of ``kind`` (made and registered on first use)."""
+    kinds = _collectors.setdefault(registry, {})
+    collector: _C | None = kinds.get(kind)
     if collector is None:
-        collector = _collectors[registry] = _PoolsCollector()
-        registry.register(collector)
+        collector = kinds[kind] = kind()
+        registry.register(collector)  # type: ignore[arg-type]
     return collector
 
 

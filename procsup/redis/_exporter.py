@@ -16,9 +16,8 @@ import logging
 import math
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
@@ -163,15 +162,10 @@ class _QueuesCollector:
         yield from families(samples, [f"procsup_queue_{name}" for name in QUEUE_COUNTERS])
 
 
-_collectors: weakref.WeakKeyDictionary[Any, _QueuesCollector] = weakref.WeakKeyDictionary()
-
-
 def _collector_for(registry: CollectorRegistry) -> _QueuesCollector:
-    collector = _collectors.get(registry)
-    if collector is None:
-        collector = _collectors[registry] = _QueuesCollector()
-        registry.register(collector)
-    return collector
+    from ..metrics import shared_collector  # imports prometheus-client
+
+    return shared_collector(registry, _QueuesCollector)
 
 
 _HISTOGRAMS = {
