@@ -277,3 +277,22 @@ def test_encode_refuses_fields_that_break_the_schema() -> None:
         encode(Kind.READY)
     with pytest.raises(TypeError, match="got bytes"):
         encode(Kind.RETIRE, b"bytes where a string goes")
+
+
+def test_the_design_page_lists_every_kind_as_the_wire_has_it() -> None:
+    from pathlib import Path
+
+    from procsup._wire import FROM_PARENT, NAMES, SCHEMAS
+
+    page = Path(__file__).parent.parent / "docs" / "design.rst"
+    rows = {}
+    for line in page.read_text().splitlines():
+        words = line.split()
+        if len(words) >= 5 and words[0].isupper() and words[1].isdigit() and words[3] == "->":
+            schema = words[5] if words[5].isalpha() and words[5].islower() else ""
+            rows[words[0]] = (int(words[1]), words[2], schema)
+    expected = {
+        NAMES[kind]: (kind, "parent" if kind in FROM_PARENT else "child", schema)
+        for kind, schema in SCHEMAS.items()
+    }
+    assert rows == expected
