@@ -200,6 +200,13 @@ _SETTINGS = (
         unset="the CPUs",
     ),
     _Setting(
+        "--max-exiting",
+        "max_exiting",
+        _non_negative_int,
+        "N",
+        "workers past their last job that may be replaced before they are reaped (0: none)",
+    ),
+    _Setting(
         "--backoff-base",
         "backoff_base",
         _positive_float,

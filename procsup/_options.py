@@ -283,6 +283,7 @@ class PoolOptions:
     backoff_cap: float = attrs.field(default=30.0, validator=_number(0))
     on_event: Callable[[PoolEvent], object] | None = None
     learn_modules: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    max_exiting: int = attrs.field(default=2, validator=_count(0))
 
     def __attrs_post_init__(self) -> None:
         if self.load is not None and not callable(self.load):

@@ -83,10 +83,6 @@ _NEXT_STATES: Mapping[str, frozenset[str]] = {
     GONE: frozenset(),
 }
 _EVENT_BUFFER = 1024
-# Workers past their last answer, exiting on their own (max_jobs, recycled),
-# that may be replaced before they are reaped: beyond max_workers, the pool
-# has at most this many such processes (see Pool._hand_on).
-EXITING_BEYOND_CAP = 2
 
 StartWorker = Callable[[WorkerEvents, int], AbstractAsyncContextManager[Worker]]
 """How the pool starts one worker, given its events hook and its slot, and owns
@@ -224,7 +220,7 @@ class Pool(metaclass=NoPublicConstructor):
         self._free_slots: list[int] = []
         self._next_slot = 0
         self._counts: Counter[str] = Counter()  # members by state, GONE not counted
-        self._exiting = 0  # members with .exiting: in counts[CLOSING], <= EXITING_BEYOND_CAP
+        self._exiting = 0  # members with .exiting: in counts[CLOSING], <= options.max_exiting
         self._seq = itertools.count(1)
         # -- starts
         self._in_flight: set[int] = set()  # starts not yet settled (warm, failed or gone)
@@ -657,10 +653,10 @@ class Pool(metaclass=NoPublicConstructor):
 
     def _hand_on(self, member: _Member) -> None:
         """A worker past its last answer that exits on its own runs none of
-        the pool's jobs again: while fewer than EXITING_BEYOND_CAP others do,
+        the pool's jobs again: while fewer than ``max_exiting`` others do,
         it stops counting against ``max_workers`` and hands its slot to its
         replacement, which starts warming now instead of after the reap."""
-        if self._exiting >= EXITING_BEYOND_CAP:
+        if self._exiting >= self._options.max_exiting:
             return
         member.exiting = True
         self._exiting += 1
@@ -859,6 +855,7 @@ async def open_pool(
     backoff_cap: float = 30.0,
     on_event: Callable[[PoolEvent], object] | None = None,
     learn_modules: bool = True,
+    max_exiting: int = 2,
     max_jobs: int | None = 1,
     shutdown_timeout: float = 5.0,
     ping_interval: float = 5.0,
@@ -887,9 +884,9 @@ async def open_pool(
             acquirers beyond it wait in FIFO order. ``"auto"``:
             :func:`available_cpus`, or ``idle`` if that is more (an ``idle``
             given is never refused by the default cap). ``None``: no cap.
-            Up to two workers past their last answer that exit on their own
-            (``max_jobs``, ``recycle_above_mb``) are not counted while they
-            exit: their replacements warm meanwhile, on their slots.
+            Up to ``max_exiting`` workers past their last answer that exit
+            on their own (``max_jobs``, ``recycle_above_mb``) are not counted
+            while they exit: their replacements warm meanwhile, on their slots.
         init_timeout: seconds a start may take, counted from when it gets a
             start slot (not while queued for one).
         max_concurrent_starts: workers warming at once (default:
@@ -911,6 +908,11 @@ async def open_pool(
             arguments) ahead of the next jobs: once in a fork server's
             template, else in each worker while it warms (see
             :ref:`learned-modules`); ``False`` turns it off.
+        max_exiting: how many workers past their last answer, exiting on
+            their own, may be replaced before they are reaped (beyond
+            ``max_workers``; see :ref:`exiting workers <exiting-workers>`); ``0``: a worker
+            counts against ``max_workers`` until it is reaped (for a resource,
+            such as GPU memory, that is only freed when the process is gone).
         start_method: as for :func:`open_worker`, but ``"auto"`` means
             ``"forkserver"`` on Linux (``"exec"`` elsewhere), and
             ``$PROCSUP_START_METHOD`` overrides that.

@@ -13,7 +13,6 @@ import procsup
 from procsup import _options
 from procsup._cpus import _available_cpus
 from procsup._options import PoolOptions
-from procsup._pool import EXITING_BEYOND_CAP
 
 
 def write(root: Path, files: dict[str, str]) -> None:
@@ -147,5 +146,5 @@ async def test_a_default_pool_on_one_cpu_runs_one_job_at_a_time() -> None:
         assert pool.statistics().jobs_completed == 4
     assert max(s.busy for s in samples) == 1
     # one-shot workers (max_jobs=1) that have answered and are only exiting
-    # may be replaced before their reap, at most EXITING_BEYOND_CAP of them
-    assert max(s.live for s in samples) <= 1 + EXITING_BEYOND_CAP
+    # may be replaced before their reap, at most PoolOptions().max_exiting of them
+    assert max(s.live for s in samples) <= 1 + PoolOptions().max_exiting

@@ -1,6 +1,6 @@
 """A worker past its last answer that exits on its own (``max_jobs``) is
 replaced before it is reaped, within a bound: the pool never has more than
-``max_workers + EXITING_BEYOND_CAP`` worker processes, and slots stay in
+``max_workers + PoolOptions().max_exiting`` worker processes, and slots stay in
 ``[0, max_workers)``, the exiting worker's going to its replacement."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import trio
 from support import worker_pids
 
 import procsup
-from procsup._pool import EXITING_BEYOND_CAP
+from procsup._options import PoolOptions
 
 LINGER = 3.0  # seconds each exiting worker takes to exit (under shutdown_timeout)
 
@@ -47,8 +47,21 @@ async def test_exiting_workers_beyond_max_workers_stay_bounded(start_method: str
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sample)
             slots = set()
-            for _ in range(EXITING_BEYOND_CAP + 2):  # more exiting workers than the bound
+            for _ in range(PoolOptions().max_exiting + 2):  # more exiting workers than the bound
                 slots.add((await pool.run(helpers.linger_at_exit, LINGER))[1])
             nursery.cancel_scope.cancel()
         assert slots == {0}
-    assert most <= max_workers + EXITING_BEYOND_CAP
+    assert most <= max_workers + PoolOptions().max_exiting
+
+
+async def test_max_exiting_0_counts_every_worker_until_it_is_reaped() -> None:
+    async with procsup.open_pool(
+        idle=1, max_workers=1, max_jobs=1, max_exiting=0, start_method="forkserver"
+    ) as pool:
+        await pool.wait_warm()
+        first, _ = await pool.run(helpers.linger_at_exit, 1.0)
+        second, _ = await pool.run(helpers.pid_and_slot)
+        # the replacement waited for the reap: the first worker is gone
+        assert first not in worker_pids()
+        assert second != first
+        assert pool.statistics().live <= 1
