@@ -300,10 +300,11 @@ def run(fd: int, control_fd: int, parent_main: str = "", mark_fd: int = -1) -> i
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _channel = channel = _Channel(fd)
-    _child_core._main_thread = _thread.get_ident()
+    _child_core.set_main_thread()
     _thread.start_new_thread(_control_forever, (channel, control_fd))
     _watch_logging_import()
-    _child_jobs._orders = orders = _FrameReader(fd, TO_MAIN, channel)
+    orders = _FrameReader(fd, TO_MAIN, channel)
+    _child_jobs.set_orders(orders)
     try:
         code = _serve(channel, orders)
     except _Interrupted:
@@ -427,7 +428,7 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     if kind != Kind.INIT:
         return 0
     payload, max_jobs, log_level, max_frame, shm_min_bytes, worker_loop, learned, *startup = fields
-    _child_jobs._shm_min_bytes = shm_min_bytes
+    _child_jobs.set_shm_min_bytes(shm_min_bytes)
     channel.max_frame = max_frame
     _start_up(channel, *startup)
     _set_log_level(log_level)
@@ -443,7 +444,7 @@ def _serve(channel: _Channel, orders: _FrameReader) -> int:
     except BaseException as exc:  # noqa: BLE001 -- SystemExit in an initializer is a failure too
         channel.send(encode(Kind.INIT_FAILED, *_describe(exc, room=max_frame)))
         return 1
-    _child_core._state = state
+    _child_core.set_state(state)
     failed = _import_learned(learned)
     if failed:
         channel.send(encode(Kind.IMPORT_FAILED, failed))

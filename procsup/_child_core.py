@@ -13,6 +13,7 @@ procsup module.
 from __future__ import annotations
 
 import _signal as signal  # type: ignore[import-not-found,unused-ignore]
+import _thread
 import os
 
 TYPE_CHECKING = False  # not typing's: see _child
@@ -31,6 +32,24 @@ _state: object = _NO_STATE
 _canceller: Callable[[int], None] | None = None  # called with the id of the job to stop
 _cancel_requested = False
 _main_thread = 0
+
+
+def set_state(state: object) -> None:
+    """The initializer's return value: what the jobs see (procsup.worker_state())."""
+    global _state
+    _state = state
+
+
+def set_canceller(canceller: Callable[[int], None] | None) -> None:
+    """Who stops the running job when a CANCEL comes (None: nobody)."""
+    global _canceller
+    _canceller = canceller
+
+
+def set_main_thread() -> None:
+    """The calling thread runs the jobs: SIGTERM interrupts it."""
+    global _main_thread
+    _main_thread = _thread.get_ident()
 
 
 class _Interrupted(BaseException):

@@ -41,6 +41,20 @@ __all__ = ["job_order", "trim"]
 _shm_min_bytes = 0  # from INIT: a result's buffers this large go through shared memory (0: never)
 _start_mark: Any = None  # the shared word the parent reads: the last job taken (procsup._startmark)
 _orders: _FrameReader | None = None  # the jobs socket's frames, read by the main thread
+
+
+def set_orders(orders: _FrameReader) -> None:
+    """The jobs socket's reader: set once, when the worker starts."""
+    global _orders
+    _orders = orders
+
+
+def set_shm_min_bytes(shm_min_bytes: int) -> None:
+    """INIT's ``shm_min_bytes``: set once, from INIT."""
+    global _shm_min_bytes
+    _shm_min_bytes = shm_min_bytes
+
+
 # A batch's jobs: the last one begun, and the ids (first, last) that the
 # control thread gave back on a TRIM (never begun); the lock makes "begin
 # the next one" and "give back the rest" exclusive.
@@ -132,13 +146,13 @@ def _run_job(
         except _Interrupted:
             raise
         except BaseException as exc:  # noqa: BLE001 -- the sender's code; SystemExit too
-            _child_core._canceller = None
+            _child_core.set_canceller(None)
             channel.send(_error_frame(channel, job_id, exc))
             return
         try:
             result = _call(fn, *args)
         finally:
-            _child_core._canceller = None
+            _child_core.set_canceller(None)
     except (_Interrupted, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 -- the job's error goes to its caller

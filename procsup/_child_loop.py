@@ -117,7 +117,7 @@ class _Life:
         try:
             if not await self._initialize(loop):
                 return 1
-            _child_core._canceller = self.cancel
+            _child_core.set_canceller(self.cancel)
             done = 0
             while not self.max_jobs or done < self.max_jobs:
                 job = _child_jobs.job_order(*await self._next_order(loop))
@@ -127,7 +127,7 @@ class _Life:
                 done += 1
             return 0
         finally:
-            _child_core._canceller = None
+            _child_core.set_canceller(None)
             self.stopping = True
 
     async def _initialize(self, loop: _Loop) -> bool:
@@ -145,7 +145,7 @@ class _Life:
             room = self.channel.max_frame
             self.channel.send(encode(Kind.INIT_FAILED, *_child_core._describe(exc, room=room)))
             return False
-        _child_core._state = state
+        _child_core.set_state(state)
         self.ready = True
         self.channel.send(encode(Kind.READY, os.getpid()))
         return True

@@ -149,3 +149,36 @@ def test_a_cycle_is_reported_with_its_path() -> None:
     edges = {("a", "b"): "a.py:1", ("b", "c"): "b.py:2 (in a function)", ("c", "a"): "c.py:3"}
     assert find_cycle(edges) == ["a", "b", "c", "a"]
     assert find_cycle({("a", "b"): "", ("b", "c"): ""}) is None
+
+
+def _foreign_private_writes(tree: ast.AST) -> list[tuple[int, str]]:
+    """``x._name = ...`` (or ``+=``, ``del``) where ``x`` is not ``self`` or
+    ``cls``: a write to another object's private attribute."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.Delete):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        for target in targets:
+            for part in ast.walk(target):
+                if not isinstance(part, ast.Attribute) or part.ctx is ast.Load:
+                    continue
+                if not isinstance(part.ctx, ast.Store | ast.Del):
+                    continue
+                private = part.attr.startswith("_") and not part.attr.startswith("__")
+                own = isinstance(part.value, ast.Name) and part.value.id in ("self", "cls")
+                if private and not own:
+                    found.append((part.lineno, ast.unparse(part)))
+    return found
+
+
+def test_no_module_writes_another_objects_private_attributes() -> None:
+    writes = [
+        f"{path.relative_to(ROOT)}:{line}: {text}"
+        for path in _modules().values()
+        for line, text in _foreign_private_writes(ast.parse(path.read_text()))
+    ]
+    assert writes == [], "private state written from outside its owner:\n" + "\n".join(writes)

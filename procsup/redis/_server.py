@@ -448,6 +448,18 @@ class Server:
         for observe in self._timings:
             observe(name, max(0.0, seconds))
 
+    async def _read_server_clock(self) -> None:
+        """The server clock's offset, before the first read (renewals keep it)."""
+        self._server_offset_ms = await self._engine.server_time_ms() - trio.current_time() * 1000
+
+    async def _leave(self, engine: Engine) -> None:
+        """Once every job task has ended: on ``engine`` (a fresh client), hand
+        back what the server says this host still holds, and drop it from the
+        host registry."""
+        self._engine = engine
+        await self._hand_back_pending()
+        await self._forget()
+
     async def _hand_back_pending(self) -> None:
         """Hand back, uncounted, what the server says this host holds and it
         does not run: after a stop, and any entry that a cancelled or failed
@@ -649,7 +661,7 @@ async def open_server(
             drain_timeout=drain_timeout,
             max_body_bytes=max_body_bytes,
         )
-        server._server_offset_ms = await engine.server_time_ms() - trio.current_time() * 1000
+        await server._read_server_clock()
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(server._run)
@@ -663,6 +675,4 @@ async def open_server(
             # A fresh client: a cancelled host's connections were cancelled too.
             with trio.CancelScope(shield=True), trio.move_on_after(_HAND_BACK_TIMEOUT):
                 async with open_engine(url, queue, group=group, consumer=engine.consumer) as last:
-                    server._engine = last
-                    await server._hand_back_pending()
-                    await server._forget()
+                    await server._leave(last)
