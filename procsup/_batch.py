@@ -29,9 +29,9 @@ import trio
 
 from . import _wire
 from ._errors import SerializationError
+from ._job import _Job
 from ._pickle import dump_by_reference_or_value
 from ._wire import Kind
-from ._worker import _Job
 
 __all__ = ["UNSTARTED", "Batch", "pickle_argument"]
 

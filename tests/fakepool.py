@@ -20,9 +20,10 @@ from typing import Any
 import trio
 
 from procsup import WorkerCrashedError, WorkerStartError
+from procsup._job import _Job
 from procsup._options import PoolOptions
 from procsup._pool import Pool
-from procsup._worker import WorkerEvents, _Job
+from procsup._worker import WorkerEvents
 
 # What a start does: "ok", "fail" (the initializer raised), "hang" (it never
 # answers and is killed at init_timeout); optionally with its warm-up time.
