@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
     from typing import Any, NoReturn, TypeGuard
 
-    from ._child import _FrameReader
+    from ._child_io import _FrameReader
 
 __all__ = ["has_large_buffer", "is_coroutine"]
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from ._child import _Channel, _FrameReader
+    from ._child_io import _Channel, _FrameReader
 
 __all__ = ["job_order", "trim"]
 

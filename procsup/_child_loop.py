@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from typing import Any, Protocol
 
-    from ._child import _Channel, _FrameReader
+    from ._child_io import _Channel, _FrameReader
 
     _AsyncFn = Callable[..., Awaitable[Any]]
 

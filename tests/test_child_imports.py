@@ -19,6 +19,7 @@ from support import ROOT
 CHILD_SIDE = [
     "procsup._child",
     "procsup._child_core",
+    "procsup._child_io",
     "procsup._child_jobs",
     "procsup._child_loop",
     "procsup._wire",

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from procsup._channel import ParentChannel
-from procsup._child import _Channel, _FrameReader
+from procsup._child_io import _Channel, _FrameReader
 from procsup._wire import (
     FROM_CHILD,
     HEADER,
