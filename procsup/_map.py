@@ -14,9 +14,12 @@ not pickle, a worker with a ``worker_loop`` or ``max_jobs=1``.
 How it stays bounded, by construction:
 
 * At most ``max_in_flight`` jobs run at once (one per lane), and at most
-  ``read_ahead(max_in_flight)`` inputs are between "pulled" and "yielded to
-  the caller": a lane pulls only while there is room, so a 10-million-line
-  generator is never read further ahead than that, ordered or not.
+  ``read_ahead(max_in_flight, batch)`` inputs are between "pulled" and
+  "yielded to the caller", ``batch`` being the largest batch the jobs'
+  measured time allows (1 for jobs of ``BATCH_SECONDS`` or more, up to
+  ``MAX_BATCH``): a lane pulls only while there is room, so a
+  10-million-line generator is never read further ahead than that, ordered
+  or not, and slow jobs read two inputs ahead per job in flight.
 * A job that a worker never began (its process died first; the start mark
   says so) goes back to the front of the inputs, uncounted, and runs on
   another worker; a job it began is never run again.
@@ -59,10 +62,10 @@ BATCH_BYTES = 1 << 20  # of pickled inputs in one batch at most
 _FRAME_ROOM = 64  # a BATCH frame's own bytes, and more
 
 
-def read_ahead(max_in_flight: int) -> int:
+def read_ahead(max_in_flight: int, batch: int = MAX_BATCH) -> int:
     """The most inputs a map holds between "pulled" and "yielded": two
-    full batches for each job in flight."""
-    return 2 * MAX_BATCH * max_in_flight
+    batches of ``batch`` inputs for each job in flight."""
+    return 2 * batch * max_in_flight
 
 
 class MapResults(Generic[T]):
@@ -174,10 +177,11 @@ async def open_map(
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
     check_timeout(timeout)
     results: MapResults[Any] = MapResults(ordered=ordered)
-    source = _Source(_aiter(iterable), results, read_ahead(max_in_flight))
+    pace = _Pace()
+    source = _Source(_aiter(iterable), results, pace, max_in_flight)
     with collapse_single_group():
         async with trio.open_nursery() as nursery:
-            run = _Run(pool, fn, timeout, return_exceptions, results, source)
+            run = _Run(pool, fn, timeout, return_exceptions, results, source, pace)
             nursery.start_soon(run.lanes, max_in_flight)
             try:
                 yield results
@@ -189,12 +193,15 @@ class _Source:
     """The inputs as ``(index, item)``: those given back (never begun)
     first, then the iterable's, pulled only while the read-ahead has room."""
 
-    def __init__(self, items: AsyncIterator[Any], results: MapResults[Any], limit: int) -> None:
+    def __init__(
+        self, items: AsyncIterator[Any], results: MapResults[Any], pace: _Pace, lanes: int
+    ) -> None:
         self._items = items
         self._sync = items._iterator if isinstance(items, _SyncItems) else None
         self._lock = trio.Lock()  # an async iterable is advanced by one lane at a time
         self._results = results
-        self._limit = limit
+        self._pace = pace  # its batch_limit() sizes the read-ahead
+        self._lanes = lanes
         self._given_back: collections.deque[tuple[int, Any]] = collections.deque()
         self.pulled = 0
         self.exhausted = False  # the iterable ended, or raised
@@ -217,7 +224,8 @@ class _Source:
                 return [given.popleft() for _ in range(min(wanted, len(given)))]
             if self.exhausted and not self.busy:
                 return []
-            room = 0 if self.exhausted else self._limit - (self.pulled - self._results.yielded)
+            limit = read_ahead(self._lanes, self._pace.batch_limit())
+            room = 0 if self.exhausted else limit - (self.pulled - self._results.yielded)
             if room > 0:
                 taken = await self._pull(min(wanted, room))
                 if taken:
@@ -270,9 +278,13 @@ class _Pace:
     def __init__(self) -> None:
         self.per_job = 0.0  # seconds a job takes, as its lane saw it (a moving average)
 
-    def next_size(self, last: int) -> int:
+    def batch_limit(self) -> int:
+        """The largest batch the jobs' measured time allows (MAX_BATCH until measured)."""
         fit = int(BATCH_SECONDS / self.per_job) if self.per_job > 0 else MAX_BATCH
-        return max(1, min(MAX_BATCH, 2 * last, fit))
+        return max(1, min(MAX_BATCH, fit))
+
+    def next_size(self, last: int) -> int:
+        return min(2 * last, self.batch_limit()) if last else 1
 
     def trim_after(self) -> float:
         """How long a batch's job may run before the jobs queued behind it
@@ -296,6 +308,7 @@ class _Run:
         return_exceptions: bool,
         results: MapResults[Any],
         source: _Source,
+        pace: _Pace,
     ) -> None:
         self._pool = pool
         self._fn = fn
@@ -304,7 +317,7 @@ class _Run:
         self._results = results
         self._source = source
         self._scope = trio.CancelScope()  # the lanes': cancelled by the first error
-        self._pace = _Pace()
+        self._pace = pace  # shared with the source: batch sizes and the read-ahead
 
     async def lanes(self, count: int) -> None:
         try:

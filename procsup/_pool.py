@@ -286,9 +286,10 @@ class Pool(metaclass=NoPublicConstructor):
         Args:
             max_in_flight: jobs running at once; ``None``: the pool's
                 ``max_workers``, or :func:`available_cpus` when it has no cap.
-                At most ``512 * max_in_flight`` inputs (two batches of 256 per
-                job in flight) are read ahead of the results yielded, so
-                memory stays constant however long the input. Workers take
+                At most two batches per job in flight are read ahead of the
+                results yielded: two inputs per job in flight for jobs of
+                20 ms or more, up to 512 (two batches of 256) for trivial
+                ones, so memory stays constant however long the input. Workers take
                 their inputs in batches (one order, the function pickled
                 once), each input still its own job: see :ref:`many-inputs`.
             ordered: yield results in input order (a result that finishes

@@ -130,6 +130,28 @@ async def test_an_exception_in_the_block_stops_the_map() -> None:
         assert pool.statistics().busy == 0
 
 
+async def test_slow_jobs_read_two_inputs_ahead_per_job_in_flight() -> None:
+    pulled = 0
+
+    def inputs() -> Iterator[float]:
+        nonlocal pulled
+        for _ in range(1_000):
+            pulled += 1
+            yield 0.03  # seconds: over BATCH_SECONDS, so one input per batch
+
+    async with (
+        procsup.open_pool(max_jobs=None, max_workers=2) as pool,
+        pool.map(sleep_then_return, inputs(), max_in_flight=2) as results,
+    ):
+        seen = 0
+        async for _ in results:
+            seen += 1
+            assert pulled <= seen + read_ahead(2, 1)  # 4: two per job in flight
+            await trio.sleep(0.1)  # a consumer slower than the jobs: reading waits for it
+            if seen == 10:
+                break
+
+
 async def test_the_iterable_is_read_lazily() -> None:
     pulled = 0
 
