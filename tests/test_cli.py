@@ -17,6 +17,8 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +115,24 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+@contextmanager
+def started_cli(project: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``procsup ARGS`` running in ``project``, its output piped; on the way
+    out it is killed if it still runs, reaped, and its pipes are closed."""
+    with subprocess.Popen(
+        procsup_cmd(*args),
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    ) as proc:
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def write_input(project: Path, lines: list[str]) -> str:
@@ -309,14 +329,7 @@ def test_version_and_help(project: Path) -> None:
 
 def test_ctrl_c_stops_running_jobs_keeps_written_lines_and_leaves_nothing(project: Path) -> None:
     path = write_input(project, ["1", '"hang"', '"hang"', '"hang"'])
-    proc = subprocess.Popen(
-        procsup_cmd("run", "clijobs:work", "-i", path, "--concurrency", "2"),
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_env(),
-    )
-    try:
+    with started_cli(project, "run", "clijobs:work", "-i", path, "--concurrency", "2") as proc:
         assert proc.stdout is not None
         readable, _, _ = select.select([proc.stdout], [], [], 30)
         assert readable, "no output line within 30 s"
@@ -324,10 +337,6 @@ def test_ctrl_c_stops_running_jobs_keeps_written_lines_and_leaves_nothing(projec
         assert survivors(project.name), "the workers should be running now"
         proc.send_signal(signal.SIGINT)
         rest, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     assert proc.returncode == 130, err.decode()
     assert records((first + rest).decode()) == [{"index": 0, "result": 2}]
@@ -337,16 +346,9 @@ def test_ctrl_c_stops_running_jobs_keeps_written_lines_and_leaves_nothing(projec
 
 def test_sigterm_drains_finished_records_are_written_and_it_exits_143(project: Path) -> None:
     path = write_input(project, ['"nap"', '"hang"', *["1"] * 20])
-    proc = subprocess.Popen(
-        procsup_cmd(
-            "run", "clijobs:work", "-i", path, "--concurrency", "2", "--drain-timeout", "3"
-        ),
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_env(),
-    )
-    try:
+    with started_cli(
+        project, "run", "clijobs:work", "-i", path, "--concurrency", "2", "--drain-timeout", "3"
+    ) as proc:
         deadline = time.monotonic() + 30
         while not list(project.glob("nap-*")):  # the nap runs (and the hang beside it)
             assert time.monotonic() < deadline, "the job did not start within 30 s"
@@ -355,10 +357,6 @@ def test_sigterm_drains_finished_records_are_written_and_it_exits_143(project: P
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         took = time.monotonic() - signalled
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     assert proc.returncode == 143, err.decode()
     got = records(out.decode())

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import textwrap
 import time
 from pathlib import Path
 
 import attrs
 import pytest
-from test_cli import _env, procsup_cmd, project, records, run_cli, survivors, write_input
+from test_cli import (
+    project,
+    records,
+    run_cli,
+    started_cli,
+    survivors,
+    write_input,
+)
 
 import procsup
 from procsup._cli import build_parser
@@ -167,14 +173,9 @@ def test_resume_after_an_interrupted_run_gives_one_record_per_input(jobs: Path) 
     inputs = [str(i) for i in range(8)]
     path = write_input(jobs, inputs)
     out = jobs / "out.jsonl"
-    first = subprocess.Popen(
-        procsup_cmd("run", "morejobs:slow_once", "-i", path, "-o", str(out), "--unordered"),
-        cwd=jobs,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_env(),
-    )
-    try:
+    with started_cli(
+        jobs, "run", "morejobs:slow_once", "-i", path, "-o", str(out), "--unordered"
+    ) as first:
         deadline = time.monotonic() + 60
         # every input but 3 (which hangs) is written; then interrupt the run
         while not (out.exists() and len(out.read_text().splitlines()) == 7):
@@ -183,10 +184,6 @@ def test_resume_after_an_interrupted_run_gives_one_record_per_input(jobs: Path) 
             time.sleep(0.05)
         first.send_signal(signal.SIGINT)
         _, err = first.communicate(timeout=30)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
     assert first.returncode == 130, err.decode()
     with out.open("a") as f:
         f.write('{"index": 3, "resu')  # a record cut short by the interruption

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
-from test_cli import _env, procsup_cmd, project, records, run_cli, survivors, write_input
+from test_cli import project, records, run_cli, started_cli, survivors, write_input
 
 __all__ = ["project"]  # the fixture, shared with test_cli
 
@@ -56,48 +56,42 @@ class _Lines:
 
 def test_metrics_are_served_for_the_run(project: Path) -> None:
     path = write_input(project, ["1", "2", "3", '"hang"'])
-    proc = subprocess.Popen(
-        procsup_cmd(
-            "run", "clijobs:work", "-i", path, "--concurrency", "2", "--metrics", "127.0.0.1:0"
-        ),
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=_env(),
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        out, err = _Lines(proc.stdout), _Lines(proc.stderr)
-        deadline = time.monotonic() + 30
-        while not (line := err.readline(deadline)).startswith(b"procsup run: metrics"):
-            pass
-        url = line.decode().split(" at ")[1].strip()
-        assert url.startswith("http://127.0.0.1:")
-        written = [out.readline(deadline) for _ in range(3)]
-        assert records(b"".join(written).decode()) == [
-            {"index": i, "result": 2 * (i + 1)} for i in range(3)
-        ]
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        samples = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
-        run = (("pool", "run"),)
-        assert samples[("procsup_jobs_total", (("outcome", "ok"), *run))] == 3
-        assert samples[("procsup_workers", (*run, ("state", "busy")))] == 1  # the hanging job
-        starts = samples[("procsup_worker_starts_total", run)]
-    finally:
-        # Failed or not, the run stops (SIGINT: it reaps its workers), is
-        # reaped and its pipes are closed, killed if it does not stop.
-        proc.send_signal(signal.SIGINT)
+    with started_cli(
+        project, "run", "clijobs:work", "-i", path, "--concurrency", "2", "--metrics", "127.0.0.1:0"
+    ) as proc:
         try:
-            _, rest = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, rest = proc.communicate()
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            out, err = _Lines(proc.stdout), _Lines(proc.stderr)
+            deadline = time.monotonic() + 30
+            while not (line := err.readline(deadline)).startswith(b"procsup run: metrics"):
+                pass
+            url = line.decode().split(" at ")[1].strip()
+            assert url.startswith("http://127.0.0.1:")
+            written = [out.readline(deadline) for _ in range(3)]
+            assert records(b"".join(written).decode()) == [
+                {"index": i, "result": 2 * (i + 1)} for i in range(3)
+            ]
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text = response.read().decode()
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            run = (("pool", "run"),)
+            assert samples[("procsup_jobs_total", (("outcome", "ok"), *run))] == 3
+            assert samples[("procsup_workers", (*run, ("state", "busy")))] == 1  # the hanging job
+            starts = samples[("procsup_worker_starts_total", run)]
+        finally:
+            # Failed or not, the run stops (SIGINT: it reaps its workers);
+            # started_cli kills it if it does not, reaps it and closes its pipes.
+            proc.send_signal(signal.SIGINT)
+            try:
+                _, rest = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, rest = proc.communicate()
     report = rest.decode()
     assert proc.returncode == 130, report
     assert f"workers started: {int(starts)}" in report
