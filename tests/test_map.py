@@ -4,8 +4,8 @@ timeouts, and the parent's memory over 100,000 inputs."""
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 import psutil
 import pytest
@@ -15,6 +15,8 @@ from map_jobs import fail_on_three, logged, ran, sleep_then_return, slow_on_zero
 
 import procsup
 from procsup._map import MAX_BATCH, read_ahead
+
+T = TypeVar("T")
 
 
 async def collect(results: AsyncIterator[Any]) -> list[Any]:
@@ -68,19 +70,26 @@ async def test_a_sync_generator_and_an_async_iterable() -> None:
             assert await collect(results) == []
 
 
+class _Counted(Generic[T]):
+    """``items``, counting how many the map has pulled."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self._items = items
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[T]:
+        for item in self._items:
+            self.pulled += 1
+            yield item
+
+
 async def test_the_first_error_cancels_the_rest_and_is_raised() -> None:
-    pulled = []
-
-    def inputs() -> Iterator[int]:
-        for i in range(100_000):
-            pulled.append(i)
-            yield i
-
+    inputs = _Counted(range(100_000))
     async with procsup.open_pool(max_jobs=None, max_workers=2) as pool:
         got = []
 
         async def consume() -> None:
-            async with pool.map(fail_on_three, inputs(), max_in_flight=2) as results:
+            async with pool.map(fail_on_three, inputs, max_in_flight=2) as results:
                 async for value in results:
                     got.append(value)
 
@@ -90,7 +99,7 @@ async def test_the_first_error_cancels_the_rest_and_is_raised() -> None:
         assert len(got) <= 3
         # it stopped reading: ordered, nothing past input 3 is yielded, so at
         # most the read-ahead (two full batches per job in flight) was pulled
-        assert len(pulled) <= 3 + read_ahead(2)
+        assert inputs.pulled <= 3 + read_ahead(2)
         stats = pool.statistics()
         assert stats.busy == 0
         assert await pool.run(square, 3) == 9  # the pool serves on
@@ -131,45 +140,31 @@ async def test_an_exception_in_the_block_stops_the_map() -> None:
 
 
 async def test_slow_jobs_read_two_inputs_ahead_per_job_in_flight() -> None:
-    pulled = 0
-
-    def inputs() -> Iterator[float]:
-        nonlocal pulled
-        for _ in range(1_000):
-            pulled += 1
-            yield 0.03  # seconds: over BATCH_SECONDS, so one input per batch
-
+    inputs = _Counted([0.03] * 1_000)  # seconds: over BATCH_SECONDS, so one input per batch
     async with (
         procsup.open_pool(max_jobs=None, max_workers=2) as pool,
-        pool.map(sleep_then_return, inputs(), max_in_flight=2) as results,
+        pool.map(sleep_then_return, inputs, max_in_flight=2) as results,
     ):
         seen = 0
         async for _ in results:
             seen += 1
-            assert pulled <= seen + read_ahead(2, 1)  # 4: two per job in flight
+            assert inputs.pulled <= seen + read_ahead(2, 1)  # 4: two per job in flight
             await trio.sleep(0.1)  # a consumer slower than the jobs: reading waits for it
             if seen == 10:
                 break
 
 
 async def test_the_iterable_is_read_lazily() -> None:
-    pulled = 0
-
-    def inputs() -> Iterator[int]:
-        nonlocal pulled
-        for i in range(10_000):
-            pulled += 1
-            yield i
-
+    inputs = _Counted(range(10_000))
     async with (
         procsup.open_pool(max_jobs=None, max_workers=2) as pool,
-        pool.map(square, inputs(), max_in_flight=2) as results,
+        pool.map(square, inputs, max_in_flight=2) as results,
     ):
         seen = 0
         async for _ in results:
             seen += 1
             assert read_ahead(2) == 4 * MAX_BATCH
-            assert pulled <= seen + read_ahead(2)  # two full batches per job in flight
+            assert inputs.pulled <= seen + read_ahead(2)  # two full batches per job in flight
             if seen == 50:
                 break
 
