@@ -513,7 +513,21 @@ class IdleKills:
         return sorted(self.ready - self.given_a_job - self.killed)
 
 
-async def _kill_idle_workers(run: IdleKills, rng: random.Random, method: str) -> None:
+async def _kill_idle_workers(
+    pool: procsup.Pool,
+    run: IdleKills,
+    rng: random.Random,
+    method: str,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    # One certain kill first, of a worker warmed before any job (a run with
+    # no kill would test nothing); then kills at random among the jobs.
+    await pool.wait_warm()
+    first = next(pid for pid in run.idle() if _is_ours(pid))
+    os.kill(first, signal.SIGKILL)
+    run.killed.add(first)
+    task_status.started()
     while True:
         await trio.sleep(rng.expovariate(1 / 0.02))
         if method == "forkserver" and rng.random() < 0.02:
@@ -550,6 +564,9 @@ async def idle_kill_chaos(method: str, jobs: int, workdir: Path, seed: int) -> I
                 run.errors.append(exc)
             else:
                 run.results += 1
+            # A pause between jobs leaves warm workers idle for a while: the
+            # killer's targets (without it, each is taken the moment it is ready).
+            await trio.sleep(rng.expovariate(1 / 0.01))
 
     # Generous: a one-shot exec worker's start takes 0.3 s on a loaded 2-core machine.
     with trio.fail_after(60 + jobs * 0.5):
@@ -564,7 +581,7 @@ async def idle_kill_chaos(method: str, jobs: int, workdir: Path, seed: int) -> I
             ) as pool,
             trio.open_nursery() as nursery,
         ):
-            nursery.start_soon(_kill_idle_workers, run, rng, method)
+            await nursery.start(_kill_idle_workers, pool, run, rng, method)
             async with trio.open_nursery() as callers:
                 for _ in range(8):
                     callers.start_soon(caller, pool)
