@@ -69,6 +69,9 @@ class Case:
     timeout: float = 120.0  # the orchestrator kills the case after this
     concurrent: bool = False  # may run beside other such cases (W3 peers: mostly waiting)
     script: str = "run.py"  # the script that runs it with --case NAME [--quick]
+    # Run again in each of --rounds interleaved rounds (its figures are the
+    # rounds' medians): the quick cases whose figures a target compares.
+    repeat: bool = True
 
 
 def _floors(quick: bool) -> dict[str, Any]:
@@ -154,17 +157,18 @@ def all_cases() -> list[Case]:
     for method in METHODS:
         cases.append(Case(f"w1_procsup_{method}", "w1", _w1_procsup(method, "module")))
         cases.append(Case(f"w1_procsup_{method}_builtin", "w1", _w1_procsup(method, "builtin")))
-    for peer in W1_PEERS:
-        cases.append(Case(f"w1_{peer}", "w1", _w1_peer(peer)))
+    for peer in W1_PEERS:  # the slow ones (5-15 s each) only once
+        cases.append(Case(f"w1_{peer}", "w1", _w1_peer(peer), repeat=peer == "mp_fork"))
     for method in METHODS:
         for mode in W3_MODES:
             run = _procsup("w3_start_failure", method, mode, 4, quick_arg=False)
-            cases.append(Case(f"w3_procsup_{method}_{mode}", "w3", run))
+            cases.append(Case(f"w3_procsup_{method}_{mode}", "w3", run, repeat=False))
         run = _procsup("w3_start_failure", method, "hang", 0, quick_arg=False)
-        cases.append(Case(f"w3_procsup_{method}_hang_idle0", "w3", run))
-    for peer in W3_PEER_LABELS:
+        cases.append(Case(f"w3_procsup_{method}_hang_idle0", "w3", run, repeat=False))
+    for peer in W3_PEER_LABELS:  # W3 and W5 are outcomes and sizes, not timings
         for mode in W3_MODES:
-            cases.append(Case(f"w3_{peer}_{mode}", "w3", _w3_peer(peer, mode), 60.0, True))
+            run = _w3_peer(peer, mode)
+            cases.append(Case(f"w3_{peer}_{mode}", "w3", run, 60.0, True, repeat=False))
     for method in METHODS:
         for kind in ("oneshot", "reuse"):
             run = _procsup("w4_sequential", method, kind == "reuse")
@@ -173,21 +177,21 @@ def all_cases() -> list[Case]:
     cases.append(Case("w4_mp_fork_oneshot", "w4", _peer("w4_mp_fork_oneshot")))
     cases.append(Case("w4_trio_parallel_reuse", "w4", _peer("w4_trio_parallel_reuse")))
     for method in METHODS:
-        cases.append(
-            Case(f"w5_procsup_{method}", "w5", _procsup("w5_memory", method, quick_arg=False))
-        )
-    cases.append(Case("w5_mp_fork", "w5", _peer("w5_mp_fork", quick_arg=False)))
+        run = _procsup("w5_memory", method, quick_arg=False)
+        cases.append(Case(f"w5_procsup_{method}", "w5", run, repeat=False))
+    cases.append(Case("w5_mp_fork", "w5", _peer("w5_mp_fork", quick_arg=False), repeat=False))
     for kind in PAYLOAD_KINDS:
         cases.append(Case(f"w6_procsup_{kind}", "w6", _procsup("w6_payload", kind)))
         for peer in W6_PEERS:
             cases.append(Case(f"w6_{peer}_{kind}", "w6", _peer(f"w6_{peer}", kind)))
-    cases.append(Case("w7_procsup", "w7", _procsup("w7_idle_workers"), 300.0))
+    cases.append(Case("w7_procsup", "w7", _procsup("w7_idle_workers"), 300.0, repeat=False))
     for order, suffix in W8_ORDERS.items():
         cases.append(Case(f"w8_procsup{suffix}", "w8", _procsup("w8_many_jobs", order), 180.0))
-    for peer in W8_PEERS:
-        cases.append(Case(f"w8_{peer}", "w8", _peer(f"w8_{peer}"), 180.0))
+    for peer in W8_PEERS:  # trio-parallel's takes 15 s: once
+        run = _peer(f"w8_{peer}")
+        cases.append(Case(f"w8_{peer}", "w8", run, 180.0, repeat=peer == "mp_fork"))
     run = _procsup("load_fairness", LOAD_TASKS, LOAD_JOBS, LOAD_POOL)
-    cases.append(Case("load_procsup", "load", run, 60.0))
+    cases.append(Case("load_procsup", "load", run, 60.0, repeat=False))
     return cases
 
 

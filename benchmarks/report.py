@@ -71,6 +71,8 @@ def problem(res: dict[str, Any] | None) -> str | None:
 
 def _note(res: dict[str, Any]) -> str:
     notes = [res["note"]] if res.get("note") else []
+    if res.get("rounds"):
+        notes.append(f"median of {len(res['rounds'])} runs")
     if res.get("leaked"):
         notes.append(f"{res['leaked']} processes left after the case")
     return f" ({'; '.join(notes)})" if notes else ""

@@ -9,6 +9,9 @@ and writes them, the raw figures (results.json), each case's output
 Every case runs in a fresh process of its own (this script with ``--case``),
 so a peer that hangs or leaks is killed without disturbing the others.
 Numbers from a loaded machine are noisy: compare ratios within one run.
+The quick timing cases run ``--rounds`` times (default 3; 1 with ``--quick``), interleaved
+(forward, then backward, ...), so that procsup and its peers see the same
+drift; each figure reported is the median of its rounds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -74,8 +78,9 @@ def _kill_tree(pid: int) -> None:
             pass
 
 
-def run_one(case: Any, quick: bool, logs: Path) -> dict[str, Any]:
-    """Run ``case`` in a fresh process, bounded by its timeout."""
+def run_one(case: Any, quick: bool, logs: Path, round_: int = 0) -> dict[str, Any]:
+    """Run ``case`` in a fresh process, bounded by its timeout (its log:
+    ``NAME.log``, or ``NAME.rN.log`` for round N after the first)."""
     from _util import RESULT_PREFIX
 
     argv = [sys.executable, str(HERE / case.script), "--case", case.name]
@@ -99,7 +104,8 @@ def run_one(case: Any, quick: bool, logs: Path) -> dict[str, Any]:
             out, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:  # a grandchild holds the pipes
             out, err = "", ""
-    (logs / f"{case.name}.log").write_text(f"$ {' '.join(argv)}\n{out}\n--- stderr\n{err}")
+    suffix = f".r{round_ + 1}" if round_ else ""
+    (logs / f"{case.name}{suffix}.log").write_text(f"$ {' '.join(argv)}\n{out}\n--- stderr\n{err}")
     for line in reversed(out.splitlines()):
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])  # type: ignore[no-any-return]
@@ -118,9 +124,38 @@ def _describe(result: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in shown.items())
 
 
+def plan_rounds(cases: list[Any], rounds: int) -> list[Any]:
+    """Every case once, then the ``repeat`` cases again ``rounds - 1`` times,
+    backward and forward in turn (a drift in the machine's speed then falls
+    on procsup and its peers alike)."""
+    again = [case for case in cases if case.repeat]
+    order = list(cases)
+    for r in range(1, rounds):
+        order += again[::-1] if r % 2 else again
+    return order
+
+
+def merge_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case's result from its rounds: each number the median of the rounds
+    that gave figures; the first round's problem if none did."""
+    good = [r for r in runs if "na" not in r and "error" not in r]
+    if len(good) < 2:
+        return good[0] if good else runs[0]
+    merged = dict(good[0])
+    for key in good[0]:
+        values = [r[key] for r in good if key in r]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            merged[key] = statistics.median_low(values)  # counts stay whole
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            merged[key] = statistics.median(values)
+    merged["rounds"] = [{k: v for k, v in r.items() if k != "rounds"} for r in good]
+    return merged
+
+
 def run_cases(cases: list[Any], quick: bool, logs: Path) -> dict[str, dict[str, Any]]:
-    """Run the cases in order (consecutive concurrent ones a few at a time)."""
-    results: dict[str, dict[str, Any]] = {}
+    """Run the cases in order (consecutive concurrent ones a few at a time);
+    a case that comes more than once gets its rounds' medians (merge_rounds)."""
+    runs: dict[str, list[dict[str, Any]]] = {}
     total = len(cases)
     done = 0
 
@@ -143,7 +178,8 @@ def run_cases(cases: list[Any], quick: bool, logs: Path) -> dict[str, dict[str, 
         i += len(batch)
         if len(batch) == 1:
             started = time.perf_counter()
-            results[batch[0].name] = result = run_one(batch[0], quick, logs)
+            result = run_one(batch[0], quick, logs, len(runs.get(batch[0].name, ())))
+            runs.setdefault(batch[0].name, []).append(result)
             report(batch[0], result, started)
             continue
 
@@ -154,9 +190,9 @@ def run_cases(cases: list[Any], quick: bool, logs: Path) -> dict[str, dict[str, 
         with ThreadPoolExecutor(CONCURRENT_CASES) as pool:
             for future in as_completed([pool.submit(timed, case) for case in batch]):
                 case, result, started = future.result()
-                results[case.name] = result
+                runs.setdefault(case.name, []).append(result)
                 report(case, result, started)
-    return results
+    return {name: merge_rounds(results) for name, results in runs.items()}
 
 
 def machine_header(quick: bool, started: float) -> str:
@@ -192,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default="bench-results", help="output folder (default: %(default)s)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="interleaved runs of the quick timing cases (medians; default 3, 1 with --quick)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case
     args = parser.parse_args(argv)
     if args.case:
@@ -200,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     from cases import select
     from report import build, markdown, verdicts
 
+    rounds = args.rounds if args.rounds is not None else 1 if args.quick else 3
+    if rounds < 1:
+        parser.error("--rounds must be at least 1")
     cases = select(args.only)
     _byte_compile_procsup()
     out = Path(args.out)
@@ -207,8 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     started = time.time()
     header = machine_header(args.quick, started)
-    print(f"running {len(cases)} cases; output in {out}/", file=sys.stderr, flush=True)
-    results = run_cases(cases, args.quick, logs)
+    print(
+        f"running {len(cases)} cases, the quick timing ones {rounds} times; output in {out}/",
+        file=sys.stderr,
+        flush=True,
+    )
+    results = run_cases(plan_rounds(cases, rounds), args.quick, logs)
     sections = build(results)
     counts = verdicts(sections)
     took = time.time() - started
