@@ -410,7 +410,9 @@ async def test_chaos_long(chaos_seed: int, tmp_path: Path, request: pytest.Fixtu
 
 async def test_many_acquirers_are_served_fairly_and_the_loop_stays_responsive() -> None:
     """200 acquirers share 8 workers for 2,000 jobs: FIFO (no waiter is overtaken
-    by more than the pool size), nobody starves, the event loop keeps up."""
+    by more than the pool size), nobody starves. The loop's lag is printed,
+    not asserted: on a loaded machine it measures the machine; the benchmarks'
+    load case judges it (p99 <= 50 ms, ``nox -s bench -- --only load``)."""
     size, acquirers, per_acquirer = 8, 200, 10
     tickets = itertools.count()
     served: list[int] = []  # wait tickets, in the order the waits ended
@@ -439,7 +441,6 @@ async def test_many_acquirers_are_served_fairly_and_the_loop_stays_responsive() 
     p99 = lag.percentile(99)
     print(f"overtaken by <= {overtaken}; loop lag p99 {p99 * 1000:.1f} ms ({len(lag.samples)})")
     assert overtaken <= size, f"a waiter was overtaken by {overtaken} later ones"
-    assert p99 < 0.2
 
 
 def _max_overtaken(served: list[int]) -> int:

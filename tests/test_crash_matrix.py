@@ -49,6 +49,9 @@ OPTIONS: dict[str, Any] = {
 MEMORY_OPTIONS: dict[str, Any] = {
     "memory_limit_mb": faults.MEMORY_LIMIT_MB,
     "memory_interval": 0.05,
+    # Only the memory sampler may fire here: a worker starved of CPU on a
+    # loaded machine would otherwise miss a 0.5 s ping first.
+    "ping_timeout": 10.0,
 }
 INIT_TIMEOUT = 1.0  # for the cells that can only end by init_timeout
 
