@@ -14,6 +14,7 @@ from cases import (
     METHODS,
     PAYLOAD_KINDS,
     W1_PEERS,
+    W1_SHORT,
     W3_MODES,
     W3_PEER_LABELS,
     W6_PEERS,
@@ -221,12 +222,71 @@ def worker(r: Results) -> Section:
     return Section("B. procsup worker (issue 2)", rows)
 
 
-def _best_peer(r: Results) -> dict[str, Any] | None:
-    rated = [(r[f"w1_{p}"]["rate"], p) for p in W1_PEERS if problem(r.get(f"w1_{p}")) is None]
+# W1 judges each start method against the peers that start workers the same
+# way: forkserver (a fork per worker) against mp fork, exec (a fresh
+# interpreter per worker) against mp spawn and the other spawning peers.
+W1_SAME_KIND = {"forkserver": "mp_fork", "exec": "mp_spawn"}
+W1_PEER_KINDS = {"forkserver": tuple(W1_PEERS), "exec": ("mp_spawn", "trio_parallel", "loky")}
+
+
+def _best_peer(r: Results, method: str) -> dict[str, Any] | None:
+    peers = W1_PEER_KINDS[method]
+    rated = [(r[f"w1_{p}"]["rate"], p) for p in peers if problem(r.get(f"w1_{p}")) is None]
     if not rated:
         return None
     rate, peer = max(rated)
     return {"rate": rate, "label": W1_PEERS[peer]}
+
+
+def _w1_rows(r: Results, method: str) -> list[Row]:
+    res = r.get(f"w1_procsup_{method}")
+    builtin = r.get(f"w1_procsup_{method}_builtin")
+    peer = W1_SAME_KIND[method]
+    rows = [
+        at_least(
+            f"W1 one-shot throughput, job in a user module, 2 callers, idle=2, procsup {method}",
+            res,
+            _throughput,
+            r.get(f"w1_{peer}"),
+            lambda x: f"{W1_SHORT[peer]} {fmt_rate(x['rate'])}",
+            1.5,
+        ),
+        at_least(
+            f"W1 procsup {method}: job in a user module vs os.getpid",
+            res,
+            lambda x: fmt_rate(x["rate"]),
+            builtin,
+            lambda x: f"os.getpid {fmt_rate(x['rate'])}",
+            0.9,
+        ),
+        at_least(
+            f"W1 procsup {method}, os.getpid",
+            builtin,
+            _throughput,
+            _best_peer(r, method),
+            lambda x: f"best peer {fmt_rate(x['rate'])}: {x['label']}",
+            1.5,
+        ),
+    ]
+    # An exec worker is a new interpreter: the fork floor is no floor for it.
+    limit = (">=", 0.5) if method == "forkserver" else None
+    rows.append(
+        compare(
+            f"W1 procsup {method} vs the fork floor",
+            res,
+            lambda x: fmt_rate(x["rate"]),
+            r.get("fork_rate"),
+            lambda x: f"fork+exit+waitpid {fmt_rate(x['rate'])}",
+            ("rate", "rate"),
+            ">= 0.5x" if limit else "",
+            limit,
+        )
+    )
+    for job, case in ((res, "a user module"), (builtin, "os.getpid")):
+        if problem(job) is None and job is not None and not job["distinct"]:
+            label = f"W1 procsup {method}, {case}: a fresh worker per job"
+            rows.append(Row(label, "PIDS REPEAT", verdict="MISS"))
+    return rows
 
 
 def pool(r: Results) -> Section:
@@ -245,56 +305,8 @@ def pool(r: Results) -> Section:
                 limit=("<=", 1.15),
             )
         )
-    best = _best_peer(r)
-    mp_fork = r.get("w1_mp_fork")
     for method in METHODS:
-        res = r.get(f"w1_procsup_{method}")
-        builtin = r.get(f"w1_procsup_{method}_builtin")
-        rows.append(
-            at_least(
-                f"W1 one-shot throughput, job in a user module, 2 callers, idle=2, "
-                f"procsup {method}",
-                res,
-                _throughput,
-                mp_fork,
-                lambda x: f"mp.Pool fork {fmt_rate(x['rate'])}",
-                1.5,
-            )
-        )
-        rows.append(
-            at_least(
-                f"W1 procsup {method}: job in a user module vs os.getpid",
-                res,
-                lambda x: fmt_rate(x["rate"]),
-                builtin,
-                lambda x: f"os.getpid {fmt_rate(x['rate'])}",
-                0.9,
-            )
-        )
-        rows.append(
-            at_least(
-                f"W1 procsup {method}, os.getpid",
-                builtin,
-                _throughput,
-                best,
-                lambda x: f"best peer {fmt_rate(x['rate'])}: {x['label']}",
-                1.5,
-            )
-        )
-        rows.append(
-            at_least(
-                f"W1 procsup {method} vs the fork floor",
-                res,
-                lambda x: fmt_rate(x["rate"]),
-                r.get("fork_rate"),
-                lambda x: f"fork+exit+waitpid {fmt_rate(x['rate'])}",
-                0.5,
-            )
-        )
-        for job, case in ((res, "a user module"), (builtin, "os.getpid")):
-            if problem(job) is None and job is not None and not job["distinct"]:
-                label = f"W1 procsup {method}, {case}: a fresh worker per job"
-                rows.append(Row(label, "PIDS REPEAT", verdict="MISS"))
+        rows += _w1_rows(r, method)
     for peer, label in W1_PEERS.items():
         rows.append(plain(f"W1 peer: {label}", r.get(f"w1_{peer}"), _throughput))
     return Section("C. Pool (issues 3 and 14; W1 peers run the job from a user module)", rows)
