@@ -10,6 +10,13 @@ job it is (ids ``first``, ``first + 1``, ...), so:
   jobs before it have answered, that one (and any between, whose answers
   went with the process) gets the crash's error, and the ones after it never
   began: they are reported *unstarted*, to run elsewhere, and count nowhere.
+  When the kill was for a job's timeout, only that job gets the
+  JobTimeoutError; a job after it that began as the kill came gets a
+  WorkerCrashedError that says so (it is not run again);
+* a job's events: the parent never hears a job begin, so the next job is
+  announced (``job_started``) when the one before it answers. Whatever then
+  ends it -- its answer, the crash, or a TRIM that takes it back before it
+  began -- gives it its one ``job_finished``.
 
 Why batches, not a second JOB queued on each worker before the first one's
 RESULT: a queued JOB still costs a frame, a pickled function and a task
@@ -28,7 +35,7 @@ from typing import Any
 import trio
 
 from . import _wire
-from ._errors import SerializationError
+from ._errors import JobTimeoutError, SerializationError, WorkerCrashedError
 from ._job import _Job
 from ._pickle import dump_by_reference_or_value
 from ._wire import Kind
@@ -66,6 +73,26 @@ def batch_payload(fn: Callable[[Any], Any], arguments: list[bytes]) -> bytes:
         raise
     except Exception as exc:
         raise SerializationError(f"map's function {fn!r} cannot be pickled: {exc}") from exc
+
+
+def _killed_for(timed_out: JobTimeoutError, phase: str) -> Callable[[], BaseException]:
+    """The error of a job after the one that timed out in its batch: the
+    kill meant for that one (``timed_out`` is its error) ended this one too.
+    ``phase`` ``"job"``: it had begun, so it is not run again; ``"idle"``:
+    it had not, and runs on another worker."""
+    fate = (
+        "had begun, so it is not run again" if phase == "job" else "never began: it runs elsewhere"
+    )
+    what = f"worker was killed because an earlier job of its batch timed out; this job {fate}"
+
+    def error() -> BaseException:
+        crashed = WorkerCrashedError(
+            what, pid=timed_out.pid, phase=phase, returncode=timed_out.returncode
+        )
+        crashed.__cause__ = timed_out
+        return crashed
+
+    return error
 
 
 class Batch(_Job):
@@ -176,7 +203,7 @@ class Batch(_Job):
             return None
         return self.job_began + self.trim_after
 
-    def give_back_from(self, first: int) -> bool:
+    def give_back_from(self, first: int, given_back: Callable[[], BaseException]) -> bool:
         if not self.trim_sent or self.trim_after is None or first < self.id:
             return False
         self.trim_after = None  # one TRIMMED per batch (trim_sent stays)
@@ -196,6 +223,8 @@ class Batch(_Job):
         self._total = kept
         if self._ended >= kept:  # its running job was one of them (it never began)
             self._orders.clear()
+            assert self._job_over is not None
+            self._job_over(self, given_back(), False)  # its job_started had gone out
             self._settle()
         return True
 
@@ -205,8 +234,15 @@ class Batch(_Job):
         unstarted_error: Callable[[], BaseException],
         caller_error: Callable[[], BaseException],
     ) -> bool:
+        timed_out = self.expired  # then the job running now is the one that timed out
         while not self.settled and self.id <= last_begun:  # begun: the crash's error
-            self._end_one(None, caller_error())
+            error = caller_error()
+            self._end_one(None, error)
+            if timed_out and isinstance(error, JobTimeoutError):
+                # the ones after it began as the kill came: it was not theirs
+                caller_error = _killed_for(error, "job")
+                unstarted_error = _killed_for(error, "idle")
+            timed_out = False
         if not self.settled:
             assert self._job_over is not None
             self._job_over(self, unstarted_error(), False)  # its job_started had gone out

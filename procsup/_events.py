@@ -42,6 +42,14 @@ class PoolEvent:
         time: ``trio.current_time()`` when it happened.
         returncode: for ``"exited"``: how it ended (negative: that signal).
         error: for ``"start_failed"`` and failed ``"job_finished"``: the error.
+
+    Each ``"job_started"`` is followed by exactly one ``"job_finished"``
+    with the same ``pid``. A job sent (or, in a :meth:`Pool.map <procsup.Pool.map>` batch,
+    next in line) that its worker then never began -- the worker died
+    first, or the map took it back to run on another worker -- still gets
+    one: its ``error`` is a :exc:`~procsup.WorkerError` with
+    ``phase == "idle"`` that says so, and the job has a pair of events of
+    its own where it runs.
     """
 
     kind: str

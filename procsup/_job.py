@@ -76,9 +76,10 @@ class _Job:
         """A batch: when to ask for the jobs its worker has not begun."""
         return None
 
-    def give_back_from(self, first: int) -> bool:
+    def give_back_from(self, first: int, given_back: Callable[[], BaseException]) -> bool:
         """A batch: jobs from id ``first`` on will never begin (TRIMMED);
-        False: it asked for none."""
+        False: it asked for none. When the job it counts as running is one
+        of them, its ``job_finished`` carries ``given_back()``."""
         return False
 
     def unwrap(self) -> Any:

@@ -31,9 +31,11 @@ def job_outcome(error: BaseException | None) -> str:
     * ``timeout``: the job ran past its timeout (an error that is both a
       :exc:`~procsup.WorkerError` and a :exc:`TimeoutError`);
     * ``cancelled``: its caller was cancelled, or the pool stopped the worker
-      (:exc:`~procsup.WorkerClosedError`: closing or draining);
+      (:exc:`~procsup.WorkerClosedError`: closing or draining, or a map
+      batch's job taken back before it began);
     * ``crashed``: the worker died or was killed for any other reason
-      (crash, ping timeout, protocol violation).
+      (crash, ping timeout, protocol violation, an earlier batch job's
+      timeout).
     """
     if error is None:
         return "ok"

@@ -96,7 +96,15 @@ what the job's caller got, if not a result), ``"job_completed"`` (the job
 returned or raised: the worker answered), ``"recycled"`` (over
 ``recycle_above_mb`` after a job: it retires), and ``"died_unused"`` (the warm
 worker ended before it began any job, by no decision of ours: a failed
-start, ``error`` saying why)."""
+start, ``error`` saying why).
+
+Every ``"job_started"`` is followed by exactly one ``"job_finished"``. A
+job is announced when it is sent (a batch's next job: when the one before
+it answers, since the parent does not hear when a job begins); one the
+worker then never began -- it died first, or a TRIM took it back
+(:mod:`procsup._batch`) -- still gets its ``"job_finished"``, its error a
+:class:`WorkerError` of phase ``"idle"`` that says so (a pool runs it on
+another worker, with events of its own)."""
 
 
 class Worker(metaclass=NoPublicConstructor):
@@ -571,6 +579,15 @@ class Worker(metaclass=NoPublicConstructor):
             )
         return reason.build(self.pid, rc, phase="idle")
 
+    def _given_back_error(self) -> WorkerError:
+        """The ``job_finished`` error of a batch job taken back (TRIM) as it
+        would begin: it never ran here, and runs on another worker."""
+        return WorkerClosedError(
+            "job was given back before it began (its batch was trimmed); it runs on another worker",
+            pid=self.pid,
+            phase="idle",
+        )
+
     def _end_job(self) -> None:
         max_jobs = self._options.max_jobs
         if max_jobs is not None and self._jobs_done >= max_jobs:
@@ -822,7 +839,9 @@ class Worker(metaclass=NoPublicConstructor):
             self._alloc_result(*fields)
         elif kind == Kind.TRIMMED:
             job = self._job
-            if job is not None and not job.expired and not job.give_back_from(fields[0]):
+            if job is None or job.expired:
+                return  # a timed-out batch: the exit settles it
+            if not job.give_back_from(fields[0], self._given_back_error):
                 raise _wire.FrameError("TRIMMED for batch jobs that were not asked back")
         elif kind == Kind.RETIRE:  # a background task failed (the worker logged how)
             logger.warning("worker pid=%d retires: %s", self.pid, fields[0])

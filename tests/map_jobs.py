@@ -53,3 +53,54 @@ def ran(log_dir: str) -> dict[int, list[int]]:
         with open(os.path.join(log_dir, name)) as log:
             runs[int(name)] = [int(line) for line in log.read().split()]
     return runs
+
+
+class Gated:
+    """A map function for the batch races the tests make certain. Its input
+    ``(x, action)``: it writes ``x`` (a line) to the fifo ``began``, then for
+    ``"hold"`` waits for a byte on the fifo ``go``, for ``"sleep"`` sleeps
+    30 s (a cancel request interrupts it), and returns ``x``. Unpickled a
+    second time in one worker (a batch's second order, before any of its jobs
+    begins), it first writes ``order 2`` to ``began`` and waits for a byte on
+    ``go``."""
+
+    def __init__(self, began: str, go: str) -> None:
+        self.began = began
+        self.go = go
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return _unpickle_gated, (self.began, self.go)
+
+    def __call__(self, arg: tuple[int, str]) -> int:
+        x, action = arg
+        _say(self.began, str(x))
+        if action == "hold":
+            _wait_for_byte(self.go)
+        elif action == "sleep":
+            time.sleep(30)
+        return x
+
+
+_gated_unpickled = 0  # in this worker process
+
+
+def _unpickle_gated(began: str, go: str) -> Gated:
+    global _gated_unpickled
+    _gated_unpickled += 1
+    if _gated_unpickled == 2:
+        _say(began, "order 2")
+        _wait_for_byte(go)
+    return Gated(began, go)
+
+
+def _say(fifo: str, line: str) -> None:
+    with open(fifo, "w") as out:
+        out.write(f"{line}\n")
+
+
+def _wait_for_byte(fifo: str) -> None:
+    fd = os.open(fifo, os.O_RDONLY)
+    try:
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
