@@ -110,9 +110,11 @@ class PoolStatistics:
         health: ``"ok"``, or ``"degraded"`` while starts keep failing.
         last_start_error: the newest start failure, or ``None``.
         jobs_completed: jobs run through the pool that returned or raised.
-        jobs_by_outcome: ``jobs_completed`` by how they ended: a count for
-            each of ``"ok"``, ``"error"``, ``"crashed"``, ``"timeout"``,
-            ``"cancelled"`` and ``"memory"`` (see :doc:`metrics`).
+        jobs_by_outcome: every job that ended (its ``job_finished`` event),
+            however it ended: a count for each of ``"ok"``, ``"error"``,
+            ``"crashed"``, ``"timeout"``, ``"cancelled"`` and ``"memory"``
+            (see :doc:`metrics`). Unlike ``jobs_completed`` it counts jobs
+            that crashed, timed out or were cancelled too.
         recycled: workers retired after a job for using more than
             ``recycle_above_mb``.
         state: ``"open"``; ``"draining"`` from the first line of
@@ -236,7 +238,7 @@ class Pool(metaclass=NoPublicConstructor):
         self._timers_changed = trio.Event()  # set when the keeper's next due time moved
         self._polled_load = 0.0  # the load callable's last answer (only with options.load)
         self._jobs_completed = 0
-        self._job_outcomes: Counter[str] = Counter()  # sums to _jobs_completed
+        self._job_outcomes: Counter[str] = Counter()  # every job_finished, by outcome
         self._recycled = 0
         self._events = EventHub(options.on_event)
         self._changed_event: trio.Event | None = None  # made when someone waits
