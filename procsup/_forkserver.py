@@ -62,7 +62,14 @@ from . import _forkserver_child as proto
 from ._backoff import backoff_delay
 from ._errors import WorkerStartError, describe_exit
 from ._learn import LearnedModules, import_bound
-from ._process import ChildProcess, _ExecChild, _open_pidfd, kill_process, parent_main_reference
+from ._process import (
+    ChildProcess,
+    _ExecChild,
+    _open_pidfd,
+    kill_process,
+    parent_main_reference,
+    pidfd_ready,
+)
 from ._startup import environ_snapshot
 
 __all__ = ["ForkServerSpawner"]
@@ -511,6 +518,11 @@ class _ForkChild:
         # leader: the pid may belong to someone else now.
         if not self._settled.is_set():
             kill_process(self.pid)
+
+    def has_ended(self) -> bool:
+        if self._returncode is not None or self._settled.is_set():
+            return True
+        return self._pidfd is not None and pidfd_ready(self._pidfd)
 
     def _settle(self, status: int | None) -> None:
         if not self._settled.is_set():

@@ -4,6 +4,7 @@ and how it and its process group are killed."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["ChildProcess", "kill_process", "parent_main_reference"]
+__all__ = ["ChildProcess", "kill_process", "parent_main_reference", "pidfd_ready"]
 
 
 class ChildProcess(Protocol):
@@ -28,6 +29,11 @@ class ChildProcess(Protocol):
 
     def kill(self) -> None:
         """SIGKILL the process and its process group. Harmless once reaped."""
+        ...
+
+    def has_ended(self) -> bool:
+        """True once the process has ended, reaped (or its end reported) or
+        not; never blocks. False also when there is no way to tell yet."""
         ...
 
 
@@ -93,6 +99,16 @@ class _ExecChild:
         if self._returncode is None:
             kill_process(self.pid)
 
+    def has_ended(self) -> bool:
+        if self._returncode is not None:
+            return True
+        if self._pidfd is not None:
+            return pidfd_ready(self._pidfd)
+        try:  # our child: WNOWAIT leaves the zombie for wait() to reap
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
     async def _wait_exited_unreaped(self) -> None:
         if self._pidfd is not None:
             await trio.lowlevel.wait_readable(self._pidfd)
@@ -122,6 +138,13 @@ def _open_pidfd(pid: int) -> int | None:
     except OSError:
         return None
     return fd
+
+
+def pidfd_ready(pidfd: int) -> bool:
+    """The process behind ``pidfd`` has ended (a poll that does not wait)."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _waitid_nowait(pid: int) -> None:

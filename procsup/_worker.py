@@ -765,7 +765,9 @@ class Worker(metaclass=NoPublicConstructor):
                 setting=f"init_timeout={self._options.init_timeout:g}s",
             )
             self.kill()
-        if "eof" in due:
+        if "eof" in due and not self._process.has_ended():
+            # (Ended: its exit is on the way, however slowly a loaded machine
+            # or a fork server reports it; the exit watcher settles it.)
             self._protocol_violation("worker closed its channel but kept running")
         if "ping" in due:
             self._ping_due()

@@ -17,10 +17,11 @@ import helpers
 import psutil
 import pytest
 import trio
-from support import is_gone, start_parent, until_gone
+from support import is_gone, start_parent, until, until_gone
 
 import procsup
 import procsup._forkserver
+import procsup._worker
 from procsup import WorkerCrashedError, WorkerStartError
 from procsup._forkserver import ForkServerSpawner
 from procsup._options import WorkerOptions
@@ -227,6 +228,40 @@ async def test_a_stuck_template_is_replaced_when_it_does_not_report(
         assert info.value.signal_name == "SIGKILL"  # the status was lost with the template
         async with supervise(opts, spawner) as w:
             assert await w.run(os.getppid) != template
+    finally:
+        await spawner.aclose()
+
+
+async def test_a_crash_the_template_is_slow_to_report_is_still_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker's channel closes at its death, but its exit status comes
+    from the template: a template too busy to report within the grace
+    after the EOF (here: stopped) is no "closed its channel but kept
+    running" -- the worker has ended, and the caller gets its crash."""
+    monkeypatch.setattr(procsup._worker, "_DRAIN_GRACE", 0.1)
+    opts = WorkerOptions(start_method="forkserver")
+    spawner = ForkServerSpawner()
+    try:
+        async with supervise(opts, spawner) as w:
+            template = spawner.template_pid
+            assert template is not None
+            os.kill(template, signal.SIGSTOP)
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def run() -> None:
+                        with pytest.raises(WorkerCrashedError) as info:
+                            await w.run(helpers.exit_now, 3)
+                        assert info.value.exit_code == 3, info.value
+
+                    nursery.start_soon(run)
+                    await until(lambda: is_gone(w.pid))  # a zombie of the stopped template
+                    await trio.sleep(1.0)  # ten times the grace: the EOF's timer has fired
+                    os.kill(template, signal.SIGCONT)  # it reports the exit now
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(template, signal.SIGCONT)
     finally:
         await spawner.aclose()
 
