@@ -4,6 +4,7 @@ child process (zombies included) or an open file descriptor behind."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,12 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from support import describe_children  # noqa: E402 -- importable only now
+
+# A run started in the background by a shell without job control inherits
+# SIGINT ignored, and so would every parent script a test Ctrl-C's: restore
+# Python's default, which the children then start with.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
