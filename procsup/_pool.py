@@ -646,9 +646,16 @@ class Pool(metaclass=NoPublicConstructor):
             return  # busy until the job its caller left ends: then released again
         if self._closed or self._draining or worker is None or not worker.accepting_jobs:
             self._set_state(member, CLOSING)
-            member.retire_scope.cancel()
             if worker is not None and worker.exiting:
+                # It exits on its own: a deadline, not a cancel, so that the
+                # lifetime's wait for the exit usually just returns (a Cancelled
+                # unwinding the worker's nursery and context managers costs the
+                # parent more than the rest of a one-shot worker's life). Past
+                # the deadline the cancel comes, and aclose() kills it at once.
+                member.retire_scope.deadline = worker._stop_deadline()
                 self._hand_on(member)
+            else:
+                member.retire_scope.cancel()
         else:
             self._set_state(member, IDLE)
             self._ready_send.send_nowait(member)

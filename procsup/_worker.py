@@ -151,6 +151,7 @@ class Worker(metaclass=NoPublicConstructor):
         self._error: WorkerError | None = None  # the waiter's error, built once (_caller_error)
         self._returncode: int | None = None  # set when reaped, just before _exited
         self._exited = trio.Event()  # reaped, and every waiter on it settled
+        self._stop_by = math.inf  # set once: when a stop (aclose) gives up and kills it
         self._reader_done = trio.Event()  # the reader has seen EOF, or gave up on garbage
         # -- the timer: the exit watcher's wait; see _Timer for the deadlines
         self._timer = _Timer()
@@ -284,7 +285,7 @@ class Worker(metaclass=NoPublicConstructor):
                 return  # a warming worker is killed, not asked (it cannot hear us yet)
             if self._phase == "idle":
                 self._enter("shutdown")
-            with trio.move_on_after(self._options.shutdown_timeout):
+            with trio.move_on_at(self._stop_deadline()):
                 self._send_quietly(_wire.encode(Kind.STOP))
                 await self._exited.wait()
             if not self._exited.is_set():
@@ -295,6 +296,14 @@ class Worker(metaclass=NoPublicConstructor):
                 )
         finally:
             await self._kill_and_reap()
+
+    def _stop_deadline(self) -> float:
+        """When the stop of this worker gives up on a graceful exit:
+        ``shutdown_timeout`` from the first time anyone asks (an owner that
+        waits for an exiting worker, then aclose(), share one deadline)."""
+        if self._stop_by == math.inf:
+            self._stop_by = trio.current_time() + self._options.shutdown_timeout
+        return self._stop_by
 
     def __repr__(self) -> str:
         return f"<procsup.Worker pid={self.pid} phase={self.phase} jobs_done={self._jobs_done}>"

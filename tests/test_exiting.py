@@ -5,6 +5,8 @@ replaced before it is reaped, within a bound: the pool never has more than
 
 from __future__ import annotations
 
+import signal
+
 import helpers
 import psutil
 import trio
@@ -65,3 +67,23 @@ async def test_max_exiting_0_counts_every_worker_until_it_is_reaped() -> None:
         assert first not in worker_pids()
         assert second != first
         assert pool.statistics().live <= 1
+
+
+async def test_an_exiting_worker_that_does_not_exit_is_killed_after_shutdown_timeout() -> None:
+    # Waited for with a deadline, not cancelled at once (see Pool._release):
+    # the deadline is still there, and it kills the worker well before its exit.
+    async with (
+        procsup.open_pool(
+            idle=1, max_workers=1, max_jobs=1, shutdown_timeout=0.5, start_method="forkserver"
+        ) as pool,
+        pool.events() as events,
+    ):
+        await pool.wait_warm()
+        t0 = trio.current_time()
+        pid, _ = await pool.run(helpers.linger_at_exit, 60.0)
+        with trio.fail_after(30):  # far below the 60 s it would take to exit
+            async for event in events:
+                if event.kind == "exited" and event.pid == pid:
+                    break
+        assert event.returncode == -signal.SIGKILL
+        assert trio.current_time() - t0 < 30
