@@ -498,8 +498,9 @@ class _ForkChild:
                 await self._settled.wait()
             else:
                 await trio.lowlevel.wait_readable(self._pidfd)
-                with trio.move_on_after(min(_REPORT_DEADLINE, self._template.stop_timeout())):
-                    await self._settled.wait()
+                if not self._settled.is_set():  # (often it came first: no scope then)
+                    with trio.move_on_after(min(_REPORT_DEADLINE, self._template.stop_timeout())):
+                        await self._settled.wait()
                 if not self._settled.is_set():
                     logger.error(
                         "fork server pid=%d did not report the end of worker pid=%d; killing it",

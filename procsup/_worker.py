@@ -730,8 +730,9 @@ class Worker(metaclass=NoPublicConstructor):
                         self._timer.arm("ping", trio.current_time() + opts.ping_interval)
                         yield
                     finally:
-                        with trio.CancelScope(shield=True):
-                            await self.aclose()
+                        if not self._exited.is_set():  # (an ended worker's aclose is a no-op)
+                            with trio.CancelScope(shield=True):
+                                await self.aclose()
                         nursery.cancel_scope.cancel()
         finally:
             self._channel.close()
@@ -989,12 +990,19 @@ class _Timer:
         self._at: dict[str, float] = {}
         self._scope = trio.CancelScope()  # the watcher's current wait
 
+    # The scope's deadline is written only when the earliest time changes:
+    # each write of an entered scope's deadline costs trio a re-registration.
     def arm(self, name: str, at: float) -> None:
+        before = self._at.get(name)
         self._at[name] = at
-        self._scope.deadline = min(self._at.values())
+        if at < self._scope.deadline:
+            self._scope.deadline = at
+        elif before == self._scope.deadline:  # it was the earliest, and is later now
+            self._scope.deadline = min(self._at.values())
 
     def disarm(self, name: str) -> None:
-        if self._at.pop(name, None) is not None:
+        at = self._at.pop(name, None)
+        if at is not None and at == self._scope.deadline:
             self._scope.deadline = min(self._at.values(), default=math.inf)
 
     def next_wait(self) -> trio.CancelScope:
