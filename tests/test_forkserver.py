@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import helpers
@@ -180,10 +180,27 @@ async def _collect(pool: procsup.Pool, pids: set[int]) -> None:
 # -- deaths in any order -------------------------------------------------------------
 
 
-async def test_killing_the_template_kills_its_workers_and_a_new_one_starts() -> None:
-    opts = WorkerOptions(start_method="forkserver", max_jobs=None)
+@contextlib.asynccontextmanager
+async def _spawner() -> AsyncIterator[ForkServerSpawner]:
+    """A fork server of the test's own, closed (its template stopped) on the way out."""
     spawner = ForkServerSpawner()
     try:
+        yield spawner
+    finally:
+        await spawner.aclose()
+
+
+def _stop_template(spawner: ForkServerSpawner) -> int:
+    """SIGSTOP the spawner's template: it forks, reaps and reports nothing."""
+    template = spawner.template_pid
+    assert template is not None
+    os.kill(template, signal.SIGSTOP)
+    return template
+
+
+async def test_killing_the_template_kills_its_workers_and_a_new_one_starts() -> None:
+    opts = WorkerOptions(start_method="forkserver", max_jobs=None)
+    async with _spawner() as spawner:
         async with supervise(opts, spawner) as w:
             first = spawner.template_pid
             assert first is not None
@@ -196,8 +213,6 @@ async def test_killing_the_template_kills_its_workers_and_a_new_one_starts() -> 
             second = await w.run(os.getppid)
             assert second == spawner.template_pid
             assert second != first
-    finally:
-        await spawner.aclose()
     assert is_gone(second)
 
 
@@ -217,19 +232,14 @@ async def test_a_stuck_template_is_replaced_when_it_does_not_report(
 ) -> None:
     monkeypatch.setattr(procsup._forkserver, "_REPORT_DEADLINE", 0.3)
     opts = WorkerOptions(start_method="forkserver")
-    spawner = ForkServerSpawner()
-    try:
+    async with _spawner() as spawner:
         async with supervise(opts, spawner) as w:
-            template = spawner.template_pid
-            assert template is not None
-            os.kill(template, signal.SIGSTOP)
+            template = _stop_template(spawner)
             with pytest.raises(WorkerCrashedError) as info:
                 await w.run(helpers.exit_now, 3)
         assert info.value.signal_name == "SIGKILL"  # the status was lost with the template
         async with supervise(opts, spawner) as w:
             assert await w.run(os.getppid) != template
-    finally:
-        await spawner.aclose()
 
 
 async def test_a_crash_the_template_is_slow_to_report_is_still_a_crash(
@@ -241,39 +251,30 @@ async def test_a_crash_the_template_is_slow_to_report_is_still_a_crash(
     running" -- the worker has ended, and the caller gets its crash."""
     monkeypatch.setattr(procsup._worker, "_DRAIN_GRACE", 0.1)
     opts = WorkerOptions(start_method="forkserver")
-    spawner = ForkServerSpawner()
-    try:
-        async with supervise(opts, spawner) as w:
-            template = spawner.template_pid
-            assert template is not None
-            os.kill(template, signal.SIGSTOP)
-            try:
-                async with trio.open_nursery() as nursery:
+    async with _spawner() as spawner, supervise(opts, spawner) as w:
+        template = _stop_template(spawner)
+        try:
+            async with trio.open_nursery() as nursery:
 
-                    async def run() -> None:
-                        with pytest.raises(WorkerCrashedError) as info:
-                            await w.run(helpers.exit_now, 3)
-                        assert info.value.exit_code == 3, info.value
+                async def run() -> None:
+                    with pytest.raises(WorkerCrashedError) as info:
+                        await w.run(helpers.exit_now, 3)
+                    assert info.value.exit_code == 3, info.value
 
-                    nursery.start_soon(run)
-                    await until(lambda: is_gone(w.pid))  # a zombie of the stopped template
-                    await trio.sleep(1.0)  # ten times the grace: the EOF's timer has fired
-                    os.kill(template, signal.SIGCONT)  # it reports the exit now
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(template, signal.SIGCONT)
-    finally:
-        await spawner.aclose()
+                nursery.start_soon(run)
+                await until(lambda: is_gone(w.pid))  # a zombie of the stopped template
+                await trio.sleep(1.0)  # ten times the grace: the EOF's timer has fired
+                os.kill(template, signal.SIGCONT)  # it reports the exit now
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(template, signal.SIGCONT)
 
 
 async def test_closing_the_spawner_stops_the_template() -> None:
-    spawner = ForkServerSpawner()
-    try:
-        async with supervise(WorkerOptions(start_method="forkserver"), spawner) as w:
-            template = spawner.template_pid
-            await w.run(helpers.noop)
-    finally:
-        await spawner.aclose()
+    opts = WorkerOptions(start_method="forkserver")
+    async with _spawner() as spawner, supervise(opts, spawner) as w:
+        template = spawner.template_pid
+        await w.run(helpers.noop)
     assert template is not None
     assert is_gone(template)
     with pytest.raises(WorkerStartError, match="closed"):
