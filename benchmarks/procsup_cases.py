@@ -289,7 +289,9 @@ def w7_idle_workers(quick: bool) -> dict[str, Any]:
     import resource
 
     count = 20 if quick else 1000
-    window = 1.0 if quick else 10.0  # seconds idle: two pings per worker at the default 5 s
+    # seconds idle, from right after warming: the first pings of the workers
+    # that warmed first (at ping_interval) fall in it, then the bounded rate
+    window = 1.0 if quick else 10.0
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(W7_SOFT_LIMIT, hard), hard))
 
