@@ -104,6 +104,8 @@ class ForkServerSpawner:
         stop_timeout: seconds past which a closing template that has not
             exited, or one that has not reported a worker's end, is
             SIGKILLed (at most 2 and 5 s; a pool's: ``shutdown_timeout``).
+        learned: a pool's job modules, for the template to import before
+            its next fork.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class ForkServerSpawner:
         executable: str | None = None,
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        learned: LearnedModules | None = None,
     ) -> None:
         self.preload = tuple(preload)
         self.executable = executable or sys.executable
@@ -126,8 +129,7 @@ class ForkServerSpawner:
         self.environ_base: dict[bytes, bytes] | None = None
         """The environment the running template started with (None before
         the first): a worker is sent what differs from it."""
-        self.learned: LearnedModules | None = None
-        """The pool's job modules, for the template to import (set by open_pool)."""
+        self.learned = learned  # the pool's job modules, for the template; never replaced
 
     @property
     def template_pid(self) -> int | None:

@@ -945,10 +945,8 @@ async def open_pool(
     options = pick(PoolOptions, arguments)
     wopts = WorkerOptions.from_arguments(arguments, pool=True)
     ensure_descriptors(max(options.idle, options.max_workers or 0), options.start_slots)
-    async with open_spawner(wopts) as spawner:
-        learned = LearnedModules() if options.learn_modules else None
-        if hasattr(spawner, "learned"):  # a fork server: its template imports them too
-            spawner.learned = learned
+    learned = LearnedModules() if options.learn_modules else None
+    async with open_spawner(wopts, learned) as spawner:
         start_worker = functools.partial(supervise, wopts, spawner, learned=learned)
         async with Pool._open(options, start_worker, wopts.name or "") as pool:
             yield pool

@@ -18,6 +18,7 @@ import trio
 
 from ._child import importing_parent_main
 from ._errors import UnsupportedPlatformError
+from ._learn import LearnedModules
 from ._options import WorkerOptions
 from ._process import ChildProcess, _ExecChild, parent_main_reference
 
@@ -72,8 +73,10 @@ def _popen(argv: list[str], fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, process_group=0)
 
 
-def make_spawner(options: WorkerOptions) -> Spawner:
-    """The spawner for ``options.start_method`` (``"auto"``: as for one worker)."""
+def make_spawner(options: WorkerOptions, learned: LearnedModules | None = None) -> Spawner:
+    """The spawner for ``options.start_method`` (``"auto"``: as for one worker).
+    A fork server's template imports ``learned`` (a pool's job modules) too;
+    exec workers get them in INIT (see :func:`procsup._worker.supervise`)."""
     if sys.platform == "win32":
         raise UnsupportedPlatformError(
             "procsup supervises POSIX processes (process groups, socketpairs, "
@@ -92,15 +95,19 @@ def make_spawner(options: WorkerOptions) -> Spawner:
             preload=options.preload,
             start_timeout=options.init_timeout,
             stop_timeout=options.shutdown_timeout,
+            learned=learned,
         )
     return ExecSpawner()
 
 
 @asynccontextmanager
-async def open_spawner(options: WorkerOptions) -> AsyncIterator[Spawner]:
-    """The spawner for ``options.start_method``, closed (a fork server's
-    template stopped and reaped) when the block exits, however it exits."""
-    spawner = make_spawner(options)
+async def open_spawner(
+    options: WorkerOptions, learned: LearnedModules | None = None
+) -> AsyncIterator[Spawner]:
+    """The spawner for ``options.start_method`` (see :func:`make_spawner`),
+    closed (a fork server's template stopped and reaped) when the block
+    exits, however it exits."""
+    spawner = make_spawner(options, learned)
     try:
         yield spawner
     finally:
