@@ -203,6 +203,10 @@ class Batch(_Job):
             return None
         return self.job_began + self.trim_after
 
+    def trim_order(self) -> bytes:
+        self.trim_sent = True
+        return _wire.encode(Kind.TRIM, self.id, self.last_id)
+
     def give_back_from(self, first: int, given_back: Callable[[], BaseException]) -> bool:
         if not self.trim_sent or self.trim_after is None or first < self.id:
             return False

@@ -76,6 +76,11 @@ class _Job:
         """A batch: when to ask for the jobs its worker has not begun."""
         return None
 
+    def trim_order(self) -> bytes:
+        """A batch whose :meth:`trim_at` has come: the TRIM order for the
+        jobs it has not begun, marked sent. Only a batch is trimmed."""
+        raise TypeError("only a batch is trimmed")
+
     def give_back_from(self, first: int, given_back: Callable[[], BaseException]) -> bool:
         """A batch: jobs from id ``first`` on will never begin (TRIMMED);
         False: it asked for none. When the job it counts as running is one

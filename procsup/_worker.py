@@ -420,9 +420,7 @@ class Worker(metaclass=NoPublicConstructor):
         await trio.lowlevel.checkpoint_if_cancelled()
         if not self._can_take_job():
             return False
-        first = next(_job_ids)
-        frame = batch.start(first, self._batch_job_over)
-        collections.deque(itertools.islice(_job_ids, batch.count - 1), maxlen=0)  # its ids
+        frame = batch.start(_take_ids(batch.count), self._batch_job_over)
         events = self._events
         if events is not None:
             events("job_started", self.pid, None)
@@ -445,9 +443,7 @@ class Worker(metaclass=NoPublicConstructor):
             return False
         if batch.trim_sent:  # its worker was asked for the rest back: nothing more behind it
             return False
-        first = next(_job_ids)
-        collections.deque(itertools.islice(_job_ids, count - 1), maxlen=0)  # its ids
-        frame = batch.extend(first, count, payload)
+        frame = batch.extend(_take_ids(count), count, payload)
         # Sent, or the worker is dying: then they never begin, and the exit says so.
         self._send_quietly(frame)
         return True
@@ -464,8 +460,7 @@ class Worker(metaclass=NoPublicConstructor):
         if due > trio.current_time():
             self._timer.arm("trim", due)  # a later job: its own time
             return
-        batch.trim_sent = True  # type: ignore[attr-defined]
-        self._channel.send_control(_wire.encode(Kind.TRIM, batch.id, batch.last_id))  # type: ignore[attr-defined]
+        self._channel.send_control(batch.trim_order())
 
     def _batch_job_over(self, job: _Job, error: BaseException | None, next_begins: bool) -> None:
         """A job of the running batch ended: its events, and the next one's timeout."""
@@ -1073,6 +1068,13 @@ def _start_error(reason: _Reason | None, pid: int, returncode: int | None) -> Wo
     error.__cause__ = cause  # as `raise error from cause` would
     error.__suppress_context__ = True
     return error
+
+
+def _take_ids(count: int) -> int:
+    """Reserve ``count`` consecutive job ids (a batch's); returns the first."""
+    first = next(_job_ids)
+    collections.deque(itertools.islice(_job_ids, count - 1), maxlen=0)
+    return first
 
 
 def _forward_log_record(
