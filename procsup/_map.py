@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import trio
 
 from ._batch import UNSTARTED, Batch, batch_payload, pickle_argument
+from ._budget import _Budget
 from ._child_core import has_large_buffer
 from ._cpus import available_cpus
 from ._errors import SerializationError
@@ -364,10 +365,10 @@ class _Run:
             finally:
                 self._source.done_with()
 
-    async def _run_taken(self, taken: list[tuple[int, Any]], budget: Any) -> Any:
+    async def _run_taken(
+        self, taken: list[tuple[int, Any]], budget: _Budget | None
+    ) -> _Budget | None:
         """Run inputs a lane took on a worker; returns the lane's budget."""
-        from ._budget import _Budget
-
         pool = self._pool
         arguments = list(map(pickle_argument, _items(taken))) if len(taken) > 1 else []
         if budget is None:
@@ -386,15 +387,13 @@ class _Run:
         self._pace.measured(trio.current_time() - began, ran)
         if ran:
             budget = None
-        elif worker.jobs_done == 0:  # died before its first job: as Pool.run counts it
-            streak = pool._record.consecutive_failures
-            if streak >= pool._options.max_acquire_attempts:
-                try:
-                    budget.failed(pool._record.last_error)
-                except Exception as exc:  # noqa: BLE001 -- NoWorkerAvailableError: theirs
-                    for index, _ in unstarted:
-                        self._ended(index, None, exc)
-                    budget, unstarted = None, []
+        else:
+            try:
+                pool._spend_on_unused_death(worker, budget)  # as Pool.run counts it
+            except Exception as exc:  # noqa: BLE001 -- NoWorkerAvailableError: theirs
+                for index, _ in unstarted:
+                    self._ended(index, None, exc)
+                budget, unstarted = None, []
         self._source.give_back(unstarted)
         return budget
 
@@ -403,10 +402,7 @@ class _Run:
     ) -> tuple[int, list[tuple[int, Any]]]:
         """Run ``taken`` (or its head: the rest goes back) on ``worker``.
         Returns how many jobs began, and the inputs that never began."""
-        count = _batchable(worker, taken, arguments)
-        payload = self._payload(worker, arguments[:count]) if count > 1 else None
-        if payload is None:
-            count = 1
+        count, payload = self._batch_of(worker, taken, arguments)
         self._source.give_back(taken[count:])
         if payload is None:
             index, item = taken[0]
@@ -452,8 +448,7 @@ class _Run:
             size = self._pace.next_size(size)
             taken = await self._take(size)
             arguments = list(map(pickle_argument, _items(taken)))
-            count = _batchable(worker, taken, arguments) if len(taken) > 1 else 0
-            payload = self._payload(worker, arguments[:count]) if count > 1 else None
+            count, payload = self._batch_of(worker, taken, arguments)
             if payload is None:
                 self._source.give_back(taken)  # for a lane: alone, or a batch of their own
                 return
@@ -463,6 +458,15 @@ class _Run:
                 del batch_items[-count:]
                 self._source.give_back(taken[:count])
                 return
+
+    def _batch_of(
+        self, worker: Worker, taken: list[tuple[int, Any]], arguments: list[bytes | None]
+    ) -> tuple[int, bytes | None]:
+        """How many of ``taken``, from the first, go to ``worker`` in one
+        BATCH, and its payload; ``(1, None)``: the first goes alone."""
+        count = _batchable(worker, taken, arguments)
+        payload = self._payload(worker, arguments[:count]) if count > 1 else None
+        return (count, payload) if payload is not None else (1, None)
 
     def _payload(self, worker: Worker, arguments: list[bytes | None]) -> bytes | None:
         """A BATCH payload of ``arguments`` that fits ``worker``'s frames, or None."""

@@ -512,12 +512,16 @@ class Pool(metaclass=NoPublicConstructor):
                     return job.unwrap()
             finally:
                 self._release(member)
-            # The worker ended before it began the job: try another. While
-            # workers keep dying before their first job (as many failed
-            # starts in a row as the caller has attempts), each try uses one.
-            streak = self._record.consecutive_failures
-            if worker.jobs_done == 0 and streak >= self._options.max_acquire_attempts:
-                budget.failed(self._record.last_error)
+            self._spend_on_unused_death(worker, budget)  # then try another
+
+    def _spend_on_unused_death(self, worker: Worker, budget: _Budget) -> None:
+        """``worker`` ended before it began its caller's job. While workers
+        keep dying before their first job (as many failed starts in a row as
+        a caller has attempts), each try uses one of ``budget``'s attempts:
+        NoWorkerAvailableError once none is left."""
+        streak = self._record.consecutive_failures
+        if worker.jobs_done == 0 and streak >= self._options.max_acquire_attempts:
+            budget.failed(self._record.last_error)
 
     def _worker_event(
         self, member: _Member, kind: str, pid: int, error: BaseException | None
