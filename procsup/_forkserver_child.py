@@ -274,8 +274,7 @@ def _try_imports(
 
 def _trial(write_end: int, names: list[str]) -> NoReturn:
     """In the template's copy: import each name, write ``name NUL why`` a line."""
-    _signal.set_wakeup_fd(-1)
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    _undo_template_signals()
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # its output would come twice: here and in the template
         os.dup2(devnull, fd)
@@ -373,14 +372,19 @@ def _close_all(fds: list[int]) -> None:
         os.close(fd)
 
 
-def _become_worker(
-    ctrl: _socket.socket, wake_r: int, wake_w: int, fds: list[int]
-) -> tuple[int, ...]:
-    os.setpgid(0, 0)
+def _undo_template_signals() -> None:
+    """In a forked copy: no wakeup descriptor, SIGCHLD as the default."""
     _signal.set_wakeup_fd(-1)
     # The C function: signal.signal's enum conversion of the old handler
     # would cost a forked worker some 70 page faults.
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+
+
+def _become_worker(
+    ctrl: _socket.socket, wake_r: int, wake_w: int, fds: list[int]
+) -> tuple[int, ...]:
+    os.setpgid(0, 0)
+    _undo_template_signals()
     ctrl.close()
     os.close(wake_r)
     os.close(wake_w)

@@ -105,7 +105,7 @@ class _ExecChild:
         if self._pidfd is not None:
             return pidfd_ready(self._pidfd)
         try:  # our child: WNOWAIT leaves the zombie for wait() to reap
-            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            return _waitid_nowait(self.pid, hang=False) is not None
         except ChildProcessError:
             return True
 
@@ -147,5 +147,7 @@ def pidfd_ready(pidfd: int) -> bool:
     return bool(poller.poll(0))
 
 
-def _waitid_nowait(pid: int) -> None:
-    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+def _waitid_nowait(pid: int, *, hang: bool = True) -> os.waitid_result | None:
+    """Wait for our child ``pid`` to end, or (``hang=False``) look whether it
+    has: either way it is left a zombie, for ``Popen.wait`` to reap."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | (0 if hang else os.WNOHANG))
