@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 
-from ._cli_common import SETTING_DESTS
+from ._cli_common import SETTING_DESTS, _positive_float, _positive_int
 
 __all__ = ["add_commands"]
 
@@ -73,7 +73,7 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
     serve.add_argument("--group", default="procsup", help="consumer group (default: procsup)")
     serve.add_argument(
         "--lease",
-        type=_seconds,
+        type=_positive_float,
         default=30.0,
         metavar="SECONDS",
         help="another host takes a job this host stops renewing for this long (default: 30)",
@@ -87,7 +87,7 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--drain-timeout",
-        type=_seconds,
+        type=_positive_float,
         default=300.0,
         metavar="SECONDS",
         help="on SIGTERM, wait this long for running jobs (default: 300)",
@@ -107,14 +107,14 @@ def add_commands(commands: Any, run: argparse.ArgumentParser) -> None:
     submit.add_argument("--wait", action="store_true", help="wait for and write each result")
     submit.add_argument(
         "--timeout",
-        type=_seconds,
+        type=_positive_float,
         default=None,
         metavar="SECONDS",
         help="with --wait: give up on a result after this long",
     )
     submit.add_argument(
         "--ttl",
-        type=_seconds,
+        type=_positive_float,
         default=None,
         metavar="SECONDS",
         help="a job not started within this long is not run",
@@ -163,7 +163,7 @@ def _add_queue_options(parser: argparse.ArgumentParser) -> None:
 def _add_metrics_interval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-interval",
-        type=_seconds,
+        type=_positive_float,
         default=5.0,
         metavar="SECONDS",
         help="with --metrics: read the queue's figures from Redis this often; a scrape serves "
@@ -174,7 +174,7 @@ def _add_metrics_interval(parser: argparse.ArgumentParser) -> None:
 def _add_max_body_bytes(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--max-body-bytes",
-        type=_count,
+        type=_positive_int,
         default=None,  # the library's default (1 MiB)
         metavar="BYTES",
         help=f"{what} (default: 1048576, 1 MiB)",
@@ -184,18 +184,6 @@ def _add_max_body_bytes(parser: argparse.ArgumentParser, what: str) -> None:
 def _body_cap(args: argparse.Namespace) -> dict[str, int]:
     """``max_body_bytes=`` when ``--max-body-bytes`` was given."""
     return {} if args.max_body_bytes is None else {"max_body_bytes": args.max_body_bytes}
-
-
-def _count(text: str) -> int:
-    from ._cli_common import _positive_int
-
-    return _positive_int(text)
-
-
-def _seconds(text: str) -> float:
-    from ._cli_common import _positive_float
-
-    return _positive_float(text)
 
 
 def _redis() -> Any:

@@ -58,12 +58,11 @@ ConnectionLost = (coredis.exceptions.ConnectionError, TimeoutError, OSError, tri
 # What a host rides out: that, or any error reply (out of memory, a loading or
 # read-only replica, a missing permission); it backs off, logs, and retries.
 RedisFailure = (*ConnectionLost, coredis.exceptions.RedisError)
-# Replies that mean the library is not loaded the way we call it: load it.
-_NOT_LOADED = (
-    coredis.exceptions.NoScriptError,  # a script cache emptied by a restart
-    coredis.exceptions.UnknownCommandError,  # FCALL refused: a producer goes to EVALSHA
-    coredis.exceptions.AuthorizationError,
-)
+# Replies of a server that refuses FUNCTION/FCALL (unknown or forbidden).
+_FUNCTIONS_REFUSED = (coredis.exceptions.UnknownCommandError, coredis.exceptions.AuthorizationError)
+# Replies that mean the library is not loaded the way we call it: load it
+# (a script cache emptied by a restart; FCALL refused: a producer goes to EVALSHA).
+_NOT_LOADED = (coredis.exceptions.NoScriptError, *_FUNCTIONS_REFUSED)
 
 
 @attrs.frozen
@@ -205,10 +204,7 @@ class Engine:
             try:
                 await self.client.function_load(_LUA, replace=True)
                 return
-            except (
-                coredis.exceptions.UnknownCommandError,
-                coredis.exceptions.AuthorizationError,
-            ):
+            except _FUNCTIONS_REFUSED:
                 pass
         self._script = str(await self.client.script_load(_SCRIPT))
 
